@@ -1,0 +1,72 @@
+"""Command-line flags (A1111's names where they apply). Built on demand, never parsed at import time."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="launch.py",
+        description="Stable Diffusion 2 depth-to-image web UI. Sets up its environment, then starts the server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    net = p.add_argument_group("server")
+    net.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 (all interfaces) instead of 127.0.0.1")
+    net.add_argument("--server-name", default=None, help="host name or address to bind (overrides --listen)")
+    net.add_argument("--port", type=int, default=7860, help="port to serve on")
+    net.add_argument("--api", action="store_true", help="serve the A1111-compatible HTTP API under /sdapi/v1/")
+    net.add_argument("--nowebui", action="store_true", help="serve only the HTTP API, no web UI (implies --api)")
+    net.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS]", help="HTTP Basic auth for the API")
+    net.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER:PASS]", help="log-in for the web UI")
+    net.add_argument("--max-body-mb", type=float, default=64.0, help="largest accepted HTTP request body, in MiB")
+
+    models = p.add_argument_group("models")
+    models.add_argument("--ckpt-dir", type=Path, default=None, help="extra folder scanned for checkpoints")
+    models.add_argument("--ckpt", default=None, help="checkpoint to load first (name, title, hash or file path)")
+    models.add_argument("--no-hashing", action="store_true", help="do not sha256 checkpoints (titles show no hash)")
+    models.add_argument(
+        "--disable-safe-unpickle",
+        action="store_true",
+        help="load .ckpt files with the full unpickler, which can run code: only for files you trust",
+    )
+    models.add_argument("--data-dir", type=Path, default=ROOT, help="where models/, outputs/ and config.json live")
+
+    compute = p.add_argument_group("compute")
+    compute.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="torch device")
+    compute.add_argument(
+        "--precision",
+        default="autocast",
+        choices=["full", "autocast"],
+        help="full: float32 everywhere; autocast: float16 (bfloat16 where supported) on GPU, float32 on CPU",
+    )
+    compute.add_argument("--no-half", action="store_true", help="keep the model in float32 (same as --precision full)")
+
+    setup = p.add_argument_group("setup")
+    setup.add_argument("--skip-install", action="store_true", help="do not check or install requirements")
+    setup.add_argument("--venv", type=Path, default=ROOT / "venv", help="virtual environment to create and use")
+    setup.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.nowebui:
+        args.api = True
+    return args
+
+
+def parse_auth(spec: str | None) -> dict[str, str]:
+    """'user:pass,user2:pass2' -> {user: pass}."""
+    if not spec:
+        return {}
+    out = {}
+    for item in spec.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user:
+            raise SystemExit(f"invalid credentials {item!r}: expected USER:PASS")
+        out[user] = password
+    return out

@@ -1,0 +1,134 @@
+"""The one owner of loaded weights: which checkpoint is loaded, on which device and dtype.
+
+Load / switch / unload / reload go through here, under a lock.  Up to ``keep_in_memory``
+checkpoints stay loaded (A1111's ``sd_checkpoints_limit``), most recently used first, so switching
+back is instant.  Only the composition root creates a ModelManager.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modules import checkpoints
+from modules.checkpoints import CheckpointInfo, CheckpointRegistry
+from modules.errors import NoModelLoadedError
+from modules.sd_model import StableDiffusionModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    info: CheckpointInfo
+    model: StableDiffusionModel
+    load_seconds: float
+
+    @property
+    def key(self) -> str:
+        """Identity of these weights, for caches (depth maps, prompt conditioning)."""
+        return self.info.sha256 or f"{self.info.filename}:{Path(self.info.filename).stat().st_mtime_ns}"
+
+
+class ModelManager:
+    def __init__(
+        self,
+        registry: CheckpointRegistry,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        allow_unsafe: bool = False,
+        keep_in_memory: int = 1,
+    ):
+        self.registry = registry
+        self.device = device
+        self.dtype = dtype
+        self.allow_unsafe = allow_unsafe
+        self.keep_in_memory = max(1, keep_in_memory)
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # filename -> model, most recent last
+        self._current: LoadedModel | None = None
+        self._lock = threading.RLock()
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def load(self, alias: str | CheckpointInfo) -> LoadedModel:
+        """Make `alias` the current model, loading it unless it is already in memory."""
+        info = alias if isinstance(alias, CheckpointInfo) else self.registry.get(alias)
+        with self._lock:
+            cached = self._loaded.get(info.filename)
+            if cached is not None:
+                self._loaded.move_to_end(info.filename)
+                self._current = cached
+                return cached
+            t0 = time.perf_counter()
+            try:
+                model = checkpoints.load_model(
+                    info.filename, info.config, device=self.device, dtype=self.dtype, allow_unsafe=self.allow_unsafe
+                )
+            except Exception as e:
+                self.last_error = f"{info.title}: {e}"
+                raise
+            loaded = LoadedModel(info, model, time.perf_counter() - t0)
+            self._loaded[info.filename] = loaded
+            self._current = loaded
+            self.last_error = None
+            self._evict()
+            log.info("Loaded %s in %.1fs", info.title, loaded.load_seconds)
+            return loaded
+
+    def _evict(self) -> None:
+        while len(self._loaded) > self.keep_in_memory:
+            filename, old = self._loaded.popitem(last=False)
+            log.info("Unloaded %s (checkpoint limit %d)", old.info.title, self.keep_in_memory)
+
+    def set_keep_in_memory(self, n: int) -> None:
+        with self._lock:
+            self.keep_in_memory = max(1, n)
+            self._evict()
+
+    def get(self, alias: str | None = None) -> LoadedModel:
+        """The model for a request: `alias` if given, else the current one, else the first checkpoint found."""
+        with self._lock:
+            if alias:
+                info = self.registry.get(alias)
+                if self._current is None or self._current.info.filename != info.filename:
+                    return self.load(info)
+                return self._current
+            if self._current is not None:
+                return self._current
+            items = self.registry.list() or self.registry.refresh()
+            if not items:
+                raise NoModelLoadedError(
+                    "no checkpoint is available: put 512-depth-ema.ckpt or .safetensors (and optionally its .yaml) "
+                    "into models/Stable-diffusion/ and press refresh"
+                )
+            return self.load(items[0])
+
+    def unload(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+            self._current = None
+        log.info("Unloaded all checkpoints")
+
+    def reload(self) -> LoadedModel:
+        """Load the current checkpoint again from disk (after the file changed)."""
+        with self._lock:
+            if self._current is None:
+                return self.get()
+            info = self._current.info
+            self._loaded.pop(info.filename, None)
+            fresh = next((i for i in self.registry.refresh() if i.filename == info.filename), info)
+            return self.load(fresh)
+
+    def loaded_titles(self) -> list[str]:
+        with self._lock:
+            return [m.info.title for m in self._loaded.values()]

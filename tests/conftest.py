@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny checkpoints in the real LDM layout, written once per session."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.ldm_layout import TinyCheckpoint, write_checkpoint  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+for noisy in ("diffusers", "transformers"):
+    logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def depth_ckpt(tiny_dir) -> TinyCheckpoint:
+    """A tiny SD2-depth checkpoint (.safetensors + yaml)."""
+    return write_checkpoint(tiny_dir / "depth", "tiny-depth", "sd2-depth", fmt="safetensors", seed=1)
+
+
+@pytest.fixture(scope="session")
+def depth_ckpt_pickle(tiny_dir) -> TinyCheckpoint:
+    """The same family as a Lightning-style .ckpt ({"state_dict": ..., "global_step": ...})."""
+    return write_checkpoint(tiny_dir / "depth-ckpt", "tiny-depth", "sd2-depth", fmt="ckpt", seed=1)
+
+
+@pytest.fixture(scope="session")
+def sd2_ckpt(tiny_dir) -> TinyCheckpoint:
+    return write_checkpoint(tiny_dir / "sd2", "tiny-sd2", "sd2", fmt="safetensors", seed=2)
+
+
+@pytest.fixture(scope="session")
+def sd1_ckpt(tiny_dir) -> TinyCheckpoint:
+    return write_checkpoint(tiny_dir / "sd1", "tiny-sd1", "sd1", fmt="ckpt", seed=3)
+
+
+@pytest.fixture(scope="session")
+def depth_model(depth_ckpt):
+    from modules.checkpoints import load_model
+
+    return load_model(depth_ckpt.path)
+
+
+@pytest.fixture(scope="session")
+def sd1_model(sd1_ckpt):
+    from modules.checkpoints import load_model
+
+    return load_model(sd1_ckpt.path)
+
+
+@pytest.fixture(scope="session")
+def ldm_available():
+    from tests import oracle
+
+    if oracle.ldm_root() is None:
+        pytest.skip("the original ldm code (stable-diffusion-sdkit wheel) could not be downloaded")
+    return True

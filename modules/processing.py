@@ -1,0 +1,454 @@
+"""``process(request, context) -> GenerationResult``: the single entry point for UI, API, CLI, extensions.
+
+Recipe for a request:
+
+1. Validate the request against the effective settings (per-request overrides on a copy).
+2. Pick the checkpoint (``override_settings.sd_model_checkpoint``) and the sampler / schedule.
+3. Prepare the init images: resize mode or the "only masked" crop, mask blur, masked-content fill.
+4. Depth: MiDaS through the model contract (cached per image and model) or the user's depth map.
+5. Prompts -> conditioning (cached per model and prompt; chunks, BREAK and emphasis).
+6. For each batch: seeds -> noise; init latents; timesteps for the denoising strength; denoise with
+   CFG and the depth channel, blending the unmasked area back every step; decode.
+7. Paste "only masked" crops back, composite the original pixels outside the mask, write the
+   infotext, save atomically, make the grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Lock
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modules import depth, images, infotext, masking, pipeline, samplers
+from modules.conditioning import ConditioningCache, pad_to_same_length
+from modules.errors import UserError, ValidationError
+from modules.fileio import atomic_write_bytes
+from modules.hooks import Hooks, ImageInfo
+from modules.model_manager import LoadedModel, ModelManager
+from modules.progress import JobControl
+from modules.request import GenerationRequest, GenerationResult, InpaintArea, MaskedContent, ResizeMode, StepInfo
+from modules.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DepthCache:
+    """MiDaS results per (model, image, size): re-runs with a new seed or prompt skip MiDaS entirely."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._items: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._lock = Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_compute(self, key: tuple, compute) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+        value = compute()
+        with self._lock:
+            self.misses += 1
+            if self.size > 0:
+                self._items[key] = value
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return value
+
+
+@dataclass
+class ProcessingContext:
+    """What ``process`` works with; built by the composition root (or a test), passed explicitly."""
+
+    models: ModelManager
+    settings: Settings
+    data_dir: Path
+    conditioning: ConditioningCache = field(default_factory=ConditioningCache)
+    depth_cache: DepthCache = field(default_factory=DepthCache)
+    control: JobControl = field(default_factory=JobControl)
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+@dataclass
+class PreparedImage:
+    """One init image ready for the pipeline."""
+
+    work: Image.Image  # W x H, what the VAE encodes (after masked-content fill)
+    for_depth: Image.Image  # W x H, what MiDaS sees (before fill)
+    original: np.ndarray  # what results are composited onto (W x H, or the full image for "only masked")
+    overlay_mask: np.ndarray | None  # blurred mask at `original` size, 255 = generated
+    work_mask: np.ndarray | None  # blurred mask at W x H
+    paste_to: tuple[int, int, int, int] | None  # "only masked": x, y, w, h in `original`
+    latent_source: Image.Image | None = None  # latent upscale: the image encoded at its own size
+    depth_map: np.ndarray | None = None  # user depth map (float64) transformed like the image
+
+
+def random_seed() -> int:
+    return random.randrange(4294967294)
+
+
+def process(request: GenerationRequest, ctx: ProcessingContext) -> GenerationResult:
+    """Run one request and return its images, depth maps and infotexts."""
+    t_start = time.perf_counter()
+    # 1. settings and validation
+    settings = ctx.settings.override(request.override_settings, strict=False)
+    request = ctx.hooks.before_process(request) or request
+    request.validate(max_pixels=settings.max_output_pixels, max_images=settings.max_batch_images)
+    spec = samplers.find_sampler(request.sampler_name, settings.default_sampler)
+    schedule = samplers.resolve_schedule(spec, request.scheduler)
+
+    # 2. the checkpoint (a per-request override is switched back afterwards unless told otherwise)
+    previous = ctx.models.current
+    loaded = ctx.models.get(request.override_settings.get("sd_model_checkpoint") or None)
+    try:
+        return _process_with(request, ctx, settings, spec, schedule, loaded, t_start)
+    finally:
+        restore = request.override_settings_restore_afterwards and previous is not None
+        if restore and ctx.models.current is not None and ctx.models.current.info != previous.info:
+            ctx.models.load(previous.info)
+
+
+def _process_with(request, ctx, settings, spec, schedule, loaded, t_start) -> GenerationResult:
+    model = loaded.model
+    if model.is_depth and not request.is_img2img and request.depth_map is None:
+        raise UserError("the depth model needs an input image or a depth map")
+
+    # 3. init images and masks
+    prepared = [prepare_image(request, data, i, settings) for i, data in enumerate(request.init_images)]
+    user_depth = _user_depth(request, settings) if request.depth_map is not None and model.is_depth else None
+    for p in prepared:
+        if user_depth is not None:
+            p.depth_map = transform_like(user_depth, request, p)
+
+    result = GenerationResult(
+        model_name=Path(loaded.info.name).stem,
+        model_hash=loaded.info.shorthash or "",
+        width=request.width,
+        height=request.height,
+        job_timestamp=ctx.control.state.job_timestamp,
+    )
+    count = request.batch_size * request.n_iter
+    seed = request.seed if request.seed != -1 else random_seed()
+    subseed = request.subseed if request.subseed != -1 else random_seed()
+    clip_skip = settings.CLIP_stop_at_last_layers
+    ctx.control.begin(count, request.steps, "img2img" if request.is_img2img else "txt2img")
+
+    # 5. prompts (cached per model and prompt)
+    cond_args = {"clip_skip": clip_skip, "emphasis": settings.emphasis, "backtrack": settings.comma_padding_backtrack}
+    cond = ctx.conditioning.get(loaded.key, model, request.prompt, **cond_args)
+    uncond = ctx.conditioning.get(loaded.key, model, request.negative_prompt, **cond_args)
+    empty = ctx.conditioning.get(loaded.key, model, "", **cond_args)
+    cond, uncond = pad_to_same_length(cond, uncond, empty)
+
+    depth_label = None
+    if model.is_depth:
+        depth_label = "uploaded map" if user_depth is not None else "MiDaS"
+    timings: dict[str, float] = {}
+    for batch_no in range(request.n_iter):
+        if ctx.control.interrupted:
+            break
+        first = batch_no * request.batch_size
+        idx = list(range(first, first + request.batch_size))
+        seeds = [seed + i for i in idx]
+        subseeds = [subseed + i for i in idx]
+        ctx.control.begin_batch(first, request.steps)
+        batch = run_batch(ctx, loaded, request, settings, spec, schedule, prepared, user_depth, idx, seeds, subseeds,
+                          cond, uncond, timings)  # fmt: skip
+        if batch is None:
+            continue  # skipped
+        imgs, depth_maps, stopped = batch
+        for j, (img, dmap) in enumerate(zip(imgs, depth_maps, strict=True)):
+            k = idx[j]
+            info = ImageInfo(img, k, seeds[j], request.prompt, request, dmap)
+            replaced = ctx.hooks.after_image(info)
+            img = info.image if replaced is None else replaced
+            text = infotext.build(
+                request, prompt=request.prompt, negative_prompt=request.negative_prompt, seed=seeds[j],
+                subseed=subseeds[j], sampler=spec.name, schedule=schedule, model_name=result.model_name,
+                model_hash=result.model_hash or None, clip_skip=clip_skip, depth_source=depth_label,
+                extra=ctx.hooks.infotext_fields(request),
+            )  # fmt: skip
+            result.images.append(img)
+            result.infotexts.append(text)
+            result.seeds.append(seeds[j])
+            result.subseeds.append(subseeds[j])
+            result.prompts.append(request.prompt)
+            result.negative_prompts.append(request.negative_prompt)
+            if dmap is not None:
+                result.depth_maps.append(dmap)
+            _save(result, request, settings, ctx.data_dir, img, dmap, seeds[j], text)
+        ctx.control.finish_batch(first + len(imgs))
+        if stopped == "interrupt":
+            result.interrupted = True
+            break
+    if ctx.control.interrupted:
+        result.interrupted = True
+    _save_grid(result, request, settings, ctx.data_dir)
+    timings["total"] = time.perf_counter() - t_start
+    result.timings = timings
+    return result
+
+
+# --- step 3: images ---------------------------------------------------------------------------------
+
+
+def prepare_image(request: GenerationRequest, data: bytes, index: int, settings: Settings) -> PreparedImage:
+    """Decode, then resize (or crop around the mask), blur the mask, fill masked content."""
+    field = f"init_images[{index}]"
+    img = images.decode_image(data, field, max_pixels=settings.max_input_pixels,
+                              background=settings.img2img_background_color)  # fmt: skip
+    w, h = request.width, request.height
+    if request.mask is None:
+        work = images.resize_image(request.resize_mode, img, w, h)
+        source = _latent_source(request, img)
+        return PreparedImage(work, work, np.asarray(work), None, None, None, source)
+
+    mask = masking.decode_mask(request.mask, img.size, invert=bool(request.inpainting_mask_invert),
+                               max_pixels=settings.max_input_pixels)  # fmt: skip
+    if not mask.any():
+        raise ValidationError("mask", "the mask is empty (nothing is marked to repaint)")
+    mask = masking.blur(mask, request.mask_blur_x, request.mask_blur_y)
+    if request.inpaint_full_res == InpaintArea.ONLY_MASKED:
+        region = masking.crop_region(mask, request.inpaint_full_res_padding)
+        x1, y1, x2, y2 = masking.expand_to_aspect(region, w, h, img.width, img.height)
+        crop = img.crop((x1, y1, x2, y2)).resize((w, h), images.LANCZOS)
+        work_mask = np.asarray(Image.fromarray(mask).crop((x1, y1, x2, y2)).resize((w, h), images.LANCZOS))
+        prepared = PreparedImage(crop, crop, np.asarray(img), mask, work_mask, (x1, y1, x2 - x1, y2 - y1))
+    else:
+        work = images.resize_image(request.resize_mode, img, w, h)
+        work_mask = np.asarray(images.resize_image(request.resize_mode, Image.fromarray(mask), w, h))
+        overlay = np.clip(work_mask.astype(np.float32) * 2, 0, 255).astype(np.uint8)  # A1111's whole-picture overlay
+        prepared = PreparedImage(work, work, np.asarray(work), overlay, work_mask, None, _latent_source(request, img))
+    if request.inpainting_fill == MaskedContent.FILL:
+        prepared.work = Image.fromarray(masking.fill(np.asarray(prepared.work), work_mask))
+    return prepared
+
+
+def _latent_source(request: GenerationRequest, img: Image.Image) -> Image.Image | None:
+    """For latent upscale: the image at its own size rounded to multiples of 8 (encoded, then upscaled)."""
+    if request.resize_mode != ResizeMode.LATENT_UPSCALE:
+        return None
+    w, h = max(8, img.width // 8 * 8), max(8, img.height // 8 * 8)
+    return img.resize((w, h), images.LANCZOS) if (w, h) != img.size else img
+
+
+def _user_depth(request: GenerationRequest, settings: Settings) -> np.ndarray:
+    arr = depth.decode_depth_map(request.depth_map, "depth_image")
+    if arr.shape[0] * arr.shape[1] > settings.max_input_pixels:
+        raise ValidationError("depth_image", f"depth map is {arr.shape[1]}x{arr.shape[0]}, above the pixel limit")
+    return arr
+
+
+def transform_like(depth_arr: np.ndarray, request: GenerationRequest, prepared: PreparedImage | None) -> np.ndarray:
+    """The user's depth map put through the same geometry as its image (resize mode or mask crop)."""
+    img = Image.fromarray(depth_arr.astype(np.float32), mode="F")
+    if prepared is not None and prepared.paste_to is not None:
+        full_h, full_w = prepared.original.shape[:2]
+        img = img.resize((full_w, full_h), Image.Resampling.BICUBIC)
+        x, y, w, h = prepared.paste_to
+        img = img.crop((x, y, x + w, y + h)).resize((request.width, request.height), Image.Resampling.BICUBIC)
+    else:
+        img = images.resize_image(request.resize_mode, img, request.width, request.height)
+    return np.asarray(img, dtype=np.float64)
+
+
+# --- step 4: depth ----------------------------------------------------------------------------------
+
+
+def depth_for(ctx: ProcessingContext, loaded: LoadedModel, request: GenerationRequest, prepared: PreparedImage | None,
+              user_depth: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(conditioning [1,1,h,w] in [-1,1], display [H,W] in [0,1]) for one image."""
+    model = loaded.model
+    latent_hw = (request.height // model.vae_scale, request.width // model.vae_scale)
+    if user_depth is not None:
+        arr = prepared.depth_map if prepared is not None else transform_like(user_depth, request, None)
+        raw = depth.depth_map_tensor(arr, invert=request.depth_invert)
+        cond = depth.to_latent_conditioning(raw, latent_hw)
+        display = torch.from_numpy(depth.depth_for_display(raw, (request.height, request.width)))
+        return cond, display
+    pixels = images.to_tensor(prepared.for_depth)
+    key = (loaded.key, hashlib.sha256(pixels.numpy().tobytes()).hexdigest(), latent_hw)
+
+    def compute():
+        raw = depth.midas_depth(model.require_depth(), pixels)
+        cond = depth.to_latent_conditioning(raw, latent_hw)
+        return cond.cpu(), torch.from_numpy(depth.depth_for_display(raw, (request.height, request.width)))
+
+    return ctx.depth_cache.get_or_compute(key, compute)
+
+
+# --- step 6: one batch ------------------------------------------------------------------------------
+
+
+def run_batch(ctx, loaded, request, settings, spec, schedule, prepared, user_depth, idx, seeds, subseeds, cond, uncond,
+              timings):  # fmt: skip
+    """Generate the images at job indices `idx`; None when the user skipped the batch."""
+    model = loaded.model
+    device = model.device
+    scale = model.vae_scale
+    shape = (model.latent_channels, request.height // scale, request.width // scale)
+    resize_from = None
+    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+        resize_from = (request.seed_resize_from_h // scale, request.seed_resize_from_w // scale)
+    noises, gens = zip(*(pipeline.image_noise(shape, s, ss, request.subseed_strength, resize_from)
+                         for s, ss in zip(seeds, subseeds, strict=True)), strict=True)  # fmt: skip
+    noise = torch.stack(noises).to(device)
+    preps = [prepared[i % len(prepared)] for i in idx] if prepared else [None] * len(idx)
+
+    t0 = time.perf_counter()
+    depth_cond, depth_display = None, [None] * len(idx)
+    if model.is_depth:
+        pairs = [depth_for(ctx, loaded, request, p, user_depth) for p in preps]
+        depth_cond = torch.cat([c for c, _ in pairs]).to(device)
+        depth_display = [d.numpy() for _, d in pairs]
+    timings["depth"] = timings.get("depth", 0.0) + time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    init = None
+    if request.is_img2img:
+        init = torch.cat([_encode(model, p) for p in preps]).to(device)
+    timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t0
+
+    scheduler = samplers.build_scheduler(spec, schedule, model.betas_f64, model.parameterization, seed=seeds[0])
+    total, run = pipeline.denoising_steps(request.steps, request.denoising_strength, img2img=request.is_img2img,
+                                          fix_steps=settings.img2img_fix_steps)  # fmt: skip
+    timesteps = pipeline.prepare_timesteps(scheduler, total, run, device) if run else torch.zeros(0)
+    from_noise = not request.is_img2img or request.denoising_strength >= 1.0
+
+    inpaint = None
+    if init is not None and preps[0].work_mask is not None:
+        lat_mask = torch.cat([masking.latent_mask(p.work_mask, shape[1:]) for p in preps]).to(device)
+        if request.inpainting_fill == MaskedContent.LATENT_NOISE:
+            init = init * (1 - lat_mask) + noise * lat_mask
+        elif request.inpainting_fill == MaskedContent.LATENT_NOTHING:
+            init = init * (1 - lat_mask)
+        inpaint = pipeline.Inpaint(init=init, mask=lat_mask, noise=noise)
+
+    multiplier = request.initial_noise_multiplier
+    if multiplier is None:
+        multiplier = settings.initial_noise_multiplier
+    latents = init if run == 0 else pipeline.initial_latents(scheduler, noise, init, timesteps, from_noise=from_noise,
+                                                            noise_multiplier=multiplier)  # fmt: skip
+    batch = len(idx)
+    guidance = pipeline.Guidance(
+        cond=cond.expand(batch, -1, -1).to(device),
+        uncond=uncond.expand(batch, -1, -1).to(device),
+        depth=depth_cond,
+        cfg_scale=request.cfg_scale,
+    )
+    eta = request.eta if request.eta is not None else (settings.eta_ddim if spec.uses_eta else None)
+    control = ctx.control
+    live = settings.live_previews_enable
+
+    def on_step(i, n, x, denoised, t):
+        replaced = ctx.hooks.on_step(StepInfo(i, n, t, x, denoised, idx[0] // request.batch_size, list(seeds)))
+
+        def preview() -> np.ndarray:
+            return images.to_uint8(pipeline.cheap_preview(denoised if denoised is not None else x)[:1])[0]
+
+        return control.step(i, n, preview if live else None) or replaced
+
+    t0 = time.perf_counter()
+    stopped = None
+    if run:
+        latents, stopped = pipeline.denoise(model, scheduler, timesteps, latents, guidance, generators=list(gens),
+                                            eta=eta if spec.uses_eta else None, inpaint=inpaint,
+                                            callback=on_step)  # fmt: skip
+    timings["denoise"] = timings.get("denoise", 0.0) + time.perf_counter() - t0
+    if stopped == "skip":
+        return None
+    if not torch.isfinite(latents).all():
+        raise UserError(
+            "A tensor with all NaNs was produced. This happens with some models in half precision: "
+            "restart with --no-half (or --precision full)."
+        )
+    t0 = time.perf_counter()
+    decoded = model.decode_first_stage(latents)
+    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
+    out = []
+    for img, p in zip(images.to_uint8(decoded), preps, strict=True):
+        out.append(_finish(img, p))
+    return out, depth_display, stopped
+
+
+def _encode(model, p: PreparedImage) -> torch.Tensor:
+    """Scaled init latent of one image (the posterior mean: deterministic, batch-independent)."""
+    source = p.latent_source if p.latent_source is not None else p.work
+    z = model.encode_first_stage(images.to_tensor(source)).mean.float() * model.scale_factor
+    if p.latent_source is not None:
+        target = (p.work.height // model.vae_scale, p.work.width // model.vae_scale)
+        z = torch.nn.functional.interpolate(z, size=target, mode="bilinear")
+    return z
+
+
+def _finish(img: np.ndarray, p: PreparedImage | None) -> np.ndarray:
+    """Paste an "only masked" crop back and keep the original pixels outside the mask."""
+    if p is None or p.overlay_mask is None:
+        return img
+    if p.paste_to is not None:
+        x, y, w, h = p.paste_to
+        full = p.original.copy()
+        full[y : y + h, x : x + w] = np.asarray(Image.fromarray(img).resize((w, h), images.LANCZOS))
+        img = full
+    return masking.composite(img, p.original, p.overlay_mask)
+
+
+# --- step 7: saving ---------------------------------------------------------------------------------
+
+
+def _outdirs(request: GenerationRequest, settings: Settings, data_dir: Path) -> tuple[Path, Path]:
+    if request.is_img2img:
+        return data_dir / settings.outdir_img2img_samples, data_dir / settings.outdir_img2img_grids
+    return data_dir / settings.outdir_txt2img_samples, data_dir / settings.outdir_txt2img_grids
+
+
+def _save(result, request, settings, data_dir, img, dmap, seed, text) -> None:
+    if not (request.save_images and settings.samples_save):
+        return
+    folder, _ = _outdirs(request, settings, data_dir)
+    subdir = settings.directories_filename_pattern if settings.save_to_dirs else None
+    try:
+        path = images.save_image(img, folder, seed=seed, prompt=request.prompt, infotext=text,
+                                 fmt=settings.samples_format, pattern=settings.samples_filename_pattern,
+                                 subdir_pattern=subdir)  # fmt: skip
+        result.saved_paths.append(str(path))
+        if dmap is not None and settings.save_depth_maps:
+            depth_path = path.with_name(path.stem + "-depth.png")
+            atomic_write_bytes(depth_path, depth.depth_png16(dmap))
+            result.saved_paths.append(str(depth_path))
+    except OSError as e:
+        msg = f"could not save the image to {folder}: {e.strerror or e}"
+        log.error(msg)
+        if msg not in result.warnings:
+            result.warnings.append(msg)
+
+
+def _save_grid(result, request, settings, data_dir) -> None:
+    if len(result.images) < 2 or not (request.save_grid and settings.grid_save):
+        return
+    shapes = {im.shape for im in result.images}
+    if len(shapes) != 1:
+        return
+    result.grid = images.image_grid(result.images)
+    if not (request.save_images and settings.samples_save):
+        return
+    _, folder = _outdirs(request, settings, data_dir)
+    subdir = settings.directories_filename_pattern if settings.save_to_dirs else None
+    try:
+        path = images.save_image(result.grid, folder, seed=result.seeds[0], prompt=request.prompt,
+                                 infotext=result.infotexts[0], fmt=settings.samples_format, subdir_pattern=subdir,
+                                 suffix="-grid")  # fmt: skip
+        result.saved_paths.append(str(path))
+    except OSError as e:
+        result.warnings.append(f"could not save the grid to {folder}: {e.strerror or e}")

@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from modules.request import GenerationRequest, StepInfo
+from modules.request import GenerationRequest, GenerationResult, StepInfo
 
 
 @dataclass
@@ -24,6 +25,15 @@ class ImageInfo:
     request: GenerationRequest
     depth_map: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScriptRunner:
+    """What a selectable script gets to do its work with."""
+
+    process: Callable[[GenerationRequest], GenerationResult]  # the normal pipeline for one request
+    save_grid: Callable[[np.ndarray, GenerationRequest, str], str | None]  # (image, request, infotext) -> path
+    interrupted: Callable[[], bool]
 
 
 class Hooks:
@@ -42,3 +52,14 @@ class Hooks:
 
     def infotext_fields(self, request: GenerationRequest) -> dict[str, Any]:
         return {}
+
+    def find_script(self, title: str) -> Any | None:
+        """The selectable script called `title` (see modules/extensions.Script), or None."""
+        return None
+
+    def script_titles(self) -> list[str]:
+        return []
+
+    def take_warnings(self) -> list[str]:
+        """Problems the hooks met during the job (e.g. an extension that raised), to report with the result."""
+        return []

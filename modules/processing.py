@@ -15,6 +15,7 @@ Recipe for a request:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -32,7 +33,7 @@ from modules import depth, images, infotext, masking, pipeline, samplers
 from modules.conditioning import ConditioningCache, pad_to_same_length
 from modules.errors import UserError, ValidationError
 from modules.fileio import atomic_write_bytes
-from modules.hooks import Hooks, ImageInfo
+from modules.hooks import Hooks, ImageInfo, ScriptRunner
 from modules.model_manager import LoadedModel, ModelManager
 from modules.progress import JobControl
 from modules.request import GenerationRequest, GenerationResult, InpaintArea, MaskedContent, ResizeMode, StepInfo
@@ -103,20 +104,43 @@ def process(request: GenerationRequest, ctx: ProcessingContext) -> GenerationRes
     t_start = time.perf_counter()
     # 1. settings and validation
     settings = ctx.settings.override(request.override_settings, strict=False)
+    if request.script_name:
+        return _run_script(request, ctx, settings)
     request = ctx.hooks.before_process(request) or request
     request.validate(max_pixels=settings.max_output_pixels, max_images=settings.max_batch_images)
     spec = samplers.find_sampler(request.sampler_name, settings.default_sampler)
     schedule = samplers.resolve_schedule(spec, request.scheduler)
-
     # 2. the checkpoint (a per-request override is switched back afterwards unless told otherwise)
+    return _with_checkpoint(
+        request, ctx, lambda loaded: _process_with(request, ctx, settings, spec, schedule, loaded, t_start)
+    )
+
+
+def _with_checkpoint(request: GenerationRequest, ctx: ProcessingContext, work):
     previous = ctx.models.current
     loaded = ctx.models.get(request.override_settings.get("sd_model_checkpoint") or None)
     try:
-        return _process_with(request, ctx, settings, spec, schedule, loaded, t_start)
+        return work(loaded)
     finally:
         restore = request.override_settings_restore_afterwards and previous is not None
         if restore and ctx.models.current is not None and ctx.models.current.info != previous.info:
             ctx.models.load(previous.info)
+
+
+def _run_script(request: GenerationRequest, ctx: ProcessingContext, settings: Settings) -> GenerationResult:
+    """A selectable script (X/Y/Z plot...) runs the job, calling the normal pipeline for each image it needs."""
+    script = ctx.hooks.find_script(request.script_name)
+    if script is None:
+        known = ", ".join(ctx.hooks.script_titles()) or "none"
+        raise ValidationError("script_name", f"script {request.script_name!r} not found; available: {known}")
+    request.validate(max_pixels=settings.max_output_pixels, max_images=settings.max_batch_images)
+    inner = dataclasses.replace(request, script_name=None, script_args={})
+
+    def save_grid(image: np.ndarray, req: GenerationRequest, text: str) -> str | None:
+        return _write_grid(image, req, settings, ctx.data_dir, seed=req.seed, text=text, warnings=[])
+
+    runner = ScriptRunner(lambda r: process(r, ctx), save_grid, lambda: ctx.control.interrupted)
+    return _with_checkpoint(request, ctx, lambda _loaded: script.run(inner, dict(request.script_args), runner))
 
 
 def _process_with(request, ctx, settings, spec, schedule, loaded, t_start) -> GenerationResult:
@@ -195,6 +219,7 @@ def _process_with(request, ctx, settings, spec, schedule, loaded, t_start) -> Ge
     if ctx.control.interrupted:
         result.interrupted = True
     _save_grid(result, request, settings, ctx.data_dir)
+    result.warnings.extend(ctx.hooks.take_warnings())
     timings["total"] = time.perf_counter() - t_start
     result.timings = timings
     return result
@@ -352,7 +377,8 @@ def run_batch(ctx, loaded, request, settings, spec, schedule, prepared, user_dep
     live = settings.live_previews_enable
 
     def on_step(i, n, x, denoised, t):
-        replaced = ctx.hooks.on_step(StepInfo(i, n, t, x, denoised, idx[0] // request.batch_size, list(seeds)))
+        step = StepInfo(i, n, t, x, denoised, idx[0] // request.batch_size, list(seeds), request.extension_args)
+        replaced = ctx.hooks.on_step(step)
 
         def preview() -> np.ndarray:
             return images.to_uint8(pipeline.cheap_preview(denoised if denoised is not None else x)[:1])[0]
@@ -437,18 +463,25 @@ def _save(result, request, settings, data_dir, img, dmap, seed, text) -> None:
 def _save_grid(result, request, settings, data_dir) -> None:
     if len(result.images) < 2 or not (request.save_grid and settings.grid_save):
         return
-    shapes = {im.shape for im in result.images}
-    if len(shapes) != 1:
+    if len({im.shape for im in result.images}) != 1:
         return
     result.grid = images.image_grid(result.images)
-    if not (request.save_images and settings.samples_save):
-        return
+    path = _write_grid(result.grid, request, settings, data_dir, seed=result.seeds[0], text=result.infotexts[0],
+                       warnings=result.warnings)  # fmt: skip
+    if path:
+        result.saved_paths.append(path)
+
+
+def _write_grid(grid, request, settings, data_dir, *, seed: int, text: str, warnings: list[str]) -> str | None:
+    """Save a grid image into the grids folder (when saving is on); returns its path."""
+    if not (request.save_images and settings.samples_save and settings.grid_save):
+        return None
     _, folder = _outdirs(request, settings, data_dir)
     subdir = settings.directories_filename_pattern if settings.save_to_dirs else None
     try:
-        path = images.save_image(result.grid, folder, seed=result.seeds[0], prompt=request.prompt,
-                                 infotext=result.infotexts[0], fmt=settings.samples_format, subdir_pattern=subdir,
-                                 suffix="-grid")  # fmt: skip
-        result.saved_paths.append(str(path))
+        path = images.save_image(grid, folder, seed=seed, prompt=request.prompt, infotext=text,
+                                 fmt=settings.samples_format, subdir_pattern=subdir, suffix="-grid")  # fmt: skip
+        return str(path)
     except OSError as e:
-        result.warnings.append(f"could not save the grid to {folder}: {e.strerror or e}")
+        warnings.append(f"could not save the grid to {folder}: {e.strerror or e}")
+        return None

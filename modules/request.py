@@ -85,6 +85,8 @@ class GenerationRequest:
     override_settings: dict[str, Any] = field(default_factory=dict)
     override_settings_restore_afterwards: bool = True
     extension_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # by extension name, never position
+    script_name: str | None = None  # a selectable script (e.g. "X/Y/Z plot") that runs the job itself
+    script_args: dict[str, Any] = field(default_factory=dict)
     save_images: bool = True
     save_grid: bool = True
 
@@ -153,6 +155,8 @@ class GenerationRequest:
             raise ValidationError("override_settings", "expected an object of setting names and values")
         if not isinstance(self.extension_args, dict):
             raise ValidationError("alwayson_scripts", "expected an object keyed by extension name")
+        if not isinstance(self.script_args, dict):
+            raise ValidationError("script_args", "expected an object of argument names and values")
         return self
 
 
@@ -214,6 +218,7 @@ class StepInfo:
     denoised: Any | None  # the scheduler's x0 prediction when it gives one
     batch_index: int
     seeds: list[int]
+    extension_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

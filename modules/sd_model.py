@@ -108,10 +108,11 @@ class StableDiffusionModel:
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> StableDiffusionModel:
         """UNet, VAE and text encoder to `dtype`; the depth model stays float32 (OpenCV and DPT need it)."""
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device=device, dtype=dtype)
-        if self.depth_model is not None:
-            self.depth_model.to(device=device, dtype=torch.float32)
+        device = torch.device(device)
+        targets = [(self.unet, dtype), (self.vae, dtype), (self.text_encoder, dtype), (self.depth_model, torch.float32)]
+        for module, wanted in targets:
+            if module is not None and any(p.dtype != wanted or p.device != device for p in module.parameters()):
+                module.to(device=device, dtype=wanted)
         return self
 
     # --- text -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from modules import depth, images, infotext
 from modules.checkpoints import CheckpointInfo, CheckpointRegistry
 from modules.conditioning import ConditioningCache
+from modules.extensions import ExtensionRegistry, Script
 from modules.hooks import Hooks
 from modules.model_manager import LoadedModel, ModelManager
 from modules.processing import DepthCache, ProcessingContext, process
@@ -38,7 +39,7 @@ class Service:
         registry: CheckpointRegistry,
         models: ModelManager,
         data_dir: Path,
-        hooks: Hooks | None = None,
+        extensions: ExtensionRegistry | None = None,
         worker: Worker | None = None,
     ):
         self._settings = settings
@@ -46,7 +47,8 @@ class Service:
         self.registry = registry
         self.models = models
         self.data_dir = Path(data_dir)
-        self.hooks = hooks or Hooks()
+        self.extensions = extensions or ExtensionRegistry([])
+        self.hooks: Hooks = self.extensions
         self.conditioning = ConditioningCache()
         self.depth_cache = DepthCache(settings.depth_cache_size)
         self.worker = worker or Worker(lambda: self._settings.show_progress_every_n_steps)
@@ -68,6 +70,7 @@ class Service:
             new = new.override({"sd_model_checkpoint": loaded.info.title})
         with self._settings_lock:
             self._settings = new
+            self.extensions.set_disabled(new.disabled_extensions)
             self.models.set_keep_in_memory(new.sd_checkpoints_limit)
             self.depth_cache.size = new.depth_cache_size
             self._save()
@@ -106,6 +109,11 @@ class Service:
 
     def reload_checkpoint(self) -> LoadedModel:
         return self.worker.run(lambda _: self.models.reload(), "reload-checkpoint")
+
+    # --- extensions -----------------------------------------------------------------------------
+    def scripts(self, tab: str | None = None) -> list[Script]:
+        """Selectable scripts (e.g. "X/Y/Z plot") offered in a tab (img2img, inpaint, txt2img)."""
+        return self.extensions.scripts(tab)
 
     # --- generation -----------------------------------------------------------------------------
     def context(self, control) -> ProcessingContext:

@@ -1,24 +1,25 @@
-"""Composition root: settings -> checkpoints -> model manager -> FastAPI app (+ web UI), then serve.
+"""Composition root: settings -> checkpoints -> model manager -> service -> FastAPI app (+ web UI), then serve.
 
 Nothing else creates these objects; they are passed explicitly to whoever needs them.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
 
 from modules import cmd_args, devices
 from modules.checkpoints import CheckpointRegistry, HashCache
+from modules.extensions import BUILTIN_DIR, ExtensionRegistry
 from modules.model_manager import ModelManager
+from modules.service import Service
 from modules.settings import Settings
 
 log = logging.getLogger("webui")
@@ -29,10 +30,7 @@ class App:
     """Everything the process serves with, built once."""
 
     args: object
-    settings_path: Path
-    settings: Settings
-    registry: CheckpointRegistry
-    models: ModelManager
+    service: Service
     fastapi: FastAPI
 
 
@@ -43,7 +41,7 @@ def model_folders(args) -> list[Path]:
     return folders
 
 
-def create_app(args) -> App:
+def create_service(args) -> Service:
     data_dir = Path(args.data_dir)
     settings_path = data_dir / "config.json"
     settings = Settings.load(settings_path)
@@ -60,43 +58,61 @@ def create_app(args) -> App:
         allow_unsafe=args.disable_safe_unpickle,
         keep_in_memory=settings.sd_checkpoints_limit,
     )
+    extensions = ExtensionRegistry.load([BUILTIN_DIR, data_dir / "extensions"], settings.disabled_extensions)
+    return Service(
+        settings=settings,
+        settings_path=settings_path,
+        registry=registry,
+        models=models,
+        data_dir=data_dir,
+        extensions=extensions,
+    )
+
+
+def create_app(args) -> App:
+    service = create_service(args)
     api = FastAPI(title="SD2 depth2img web UI", version="0.1.0")
-    app = App(args, settings_path, settings, registry, models, api)
-    api.add_api_route("/", lambda: HTMLResponse(placeholder_page(app)), methods=["GET"], include_in_schema=False)
+    app = App(args, service, api)
+    if args.api:
+        from modules.api import mount_api
+
+        mount_api(api, service, args)
+    if not args.nowebui:
+        from modules.ui import mount_ui
+
+        mount_ui(api, service, args)
+    service.extensions.app_started(app)
     return app
 
 
-def placeholder_page(app: App) -> str:
-    items = "".join(f"<li>{html.escape(t)}</li>" for t in app.registry.titles()) or (
-        "<li>none yet: put <code>512-depth-ema.ckpt</code> or <code>.safetensors</code> (with its .yaml) into "
-        "<code>models/Stable-diffusion/</code></li>"
-    )
-    return f"<!doctype html><title>SD2 depth2img</title><h1>SD2 depth2img</h1><h2>Checkpoints</h2><ul>{items}</ul>"
-
-
 def load_initial_model(app: App) -> None:
-    """--ckpt, else the last used checkpoint; a failure is logged, the server still starts."""
-    wanted = app.args.ckpt or app.settings.sd_model_checkpoint
+    """--ckpt, else the last used checkpoint; a failure is logged (and shown in the UI), serving goes on."""
+    service = app.service
+    wanted = app.args.ckpt or service.settings.sd_model_checkpoint
     if not wanted:
         return
     try:
-        if Path(wanted).is_file() and not app.registry.list():
-            return
-        app.models.load(wanted)
-    except Exception as e:  # the UI shows the error; serving must not depend on it
+        service.select_checkpoint(wanted)
+    except Exception as e:  # the UI shows models.last_error; serving must not depend on it
+        service.models.last_error = f"{wanted}: {e}"
         log.error("Could not load checkpoint %s: %s", wanted, e)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("diffusers", "transformers", "httpx", "gradio", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Should have ta>=t0")  # torchsde, harmless at the schedule's ends
 
 
 def main(argv: list[str] | None = None) -> int:
     args = cmd_args.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("diffusers", "transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    configure_logging(args.log_level)
     torch.set_grad_enabled(False)
     app = create_app(args)
     load_initial_model(app)
     host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")
-    log.info("Serving on http://%s:%d", host, args.port)
+    log.info("Serving on http://%s:%d%s", host, args.port, "" if args.nowebui else " (web UI at /)")
     uvicorn.run(app.fastapi, host=host, port=args.port, log_level="warning")
     return 0
 

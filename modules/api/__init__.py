@@ -1,0 +1,38 @@
+"""The AUTOMATIC1111-compatible HTTP API under ``/sdapi/v1/`` (``--api``, or ``--nowebui`` for the API only).
+
+Scripts, Blender add-ons and bots written for A1111 (e.g. the ``webuiapi`` package) work unchanged:
+same paths, field names, defaults and response shapes; errors are 4xx with a JSON ``detail``.
+Additions in the same style: ``depth_image`` / ``depth_invert`` on txt2img and img2img,
+``depth_images`` in their responses, and ``POST /sdapi/v1/depth``.  Every generation goes through
+``service.generate`` (the one job worker), exactly like the web UI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+
+from modules.cmd_args import parse_auth
+from modules.service import Service
+
+from .middleware import ApiGuard
+from .routes import build_router
+
+log = logging.getLogger(__name__)
+
+__all__ = ["mount_api"]
+
+
+def mount_api(app: FastAPI, service: Service, args: Any) -> None:
+    """Add the /sdapi/v1 routes, HTTP Basic auth (--api-auth), the body limit (--max-body-mb) and timing."""
+    credentials = parse_auth(getattr(args, "api_auth", None))
+    max_body = int(float(getattr(args, "max_body_mb", 64.0)) * 2**20)
+    app.include_router(build_router(service, args))
+    app.add_middleware(ApiGuard, credentials=credentials, max_body_bytes=max_body)
+    log.info(
+        "API at /sdapi/v1 (docs at /docs)%s; request bodies up to %g MiB",
+        f", HTTP Basic auth for {len(credentials)} user(s)" if credentials else "",
+        max_body / 2**20,
+    )

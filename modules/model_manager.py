@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class ModelManager:
         dtype: torch.dtype,
         allow_unsafe: bool = False,
         keep_in_memory: int = 1,
+        on_loaded: Callable[[StableDiffusionModel], None] | None = None,
     ):
         self.registry = registry
         self.device = device
@@ -55,6 +57,7 @@ class ModelManager:
         self._current: LoadedModel | None = None
         self._lock = threading.RLock()
         self.last_error: str | None = None
+        self.on_loaded = on_loaded  # e.g. apply the speed options of the current settings
 
     @property
     def current(self) -> LoadedModel | None:
@@ -77,6 +80,8 @@ class ModelManager:
             except Exception as e:
                 self.last_error = f"{info.title}: {e}"
                 raise
+            if self.on_loaded is not None:
+                self.on_loaded(model)
             loaded = LoadedModel(info, model, time.perf_counter() - t0)
             self._loaded[info.filename] = loaded
             self._current = loaded
@@ -128,6 +133,10 @@ class ModelManager:
             self._loaded.pop(info.filename, None)
             fresh = next((i for i in self.registry.refresh() if i.filename == info.filename), info)
             return self.load(fresh)
+
+    def loaded_models(self) -> list[StableDiffusionModel]:
+        with self._lock:
+            return [m.model for m in self._loaded.values()]
 
     def loaded_titles(self) -> list[str]:
         with self._lock:

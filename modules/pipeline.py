@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -97,26 +98,38 @@ def prepare_timesteps(scheduler, total: int, run: int, device: torch.device) -> 
 
 @dataclass
 class Guidance:
-    """Everything the UNet sees besides the noisy latent: contexts, depth, CFG scale."""
+    """Everything the UNet sees besides the noisy latent: contexts, depth, CFG scale, per-job speed options."""
 
     cond: torch.Tensor  # [B, T, C]
     uncond: torch.Tensor  # [B, T, C]
     depth: torch.Tensor | None  # [B, 1, h, w] in [-1, 1] for the depth model
     cfg_scale: float
+    s_min_uncond: float = 0.0  # skip the negative prompt on odd steps below this sigma (A1111's NGMS)
+    autocast: torch.dtype | None = None  # e.g. torch.bfloat16 on CPU
 
 
-def predict_noise(model: StableDiffusionModel, x: torch.Tensor, t: torch.Tensor, g: Guidance) -> torch.Tensor:
+def predict_noise(
+    model: StableDiffusionModel, x: torch.Tensor, t: torch.Tensor, g: Guidance, *, skip_uncond: bool = False
+) -> torch.Tensor:
     """Classifier-free guidance with the depth map concatenated as the fifth channel."""
+    with torch.autocast(x.device.type, dtype=g.autocast) if g.autocast is not None else nullcontext():
+        return _guided(model, x, t, g, skip_uncond).float()
+
+
+def _guided(model: StableDiffusionModel, x: torch.Tensor, t: torch.Tensor, g: Guidance, skip_uncond: bool):
     concat = [g.depth] if g.depth is not None else []
-    if g.cfg_scale == 1.0:
+    if g.cfg_scale == 1.0 or skip_uncond:
         return model.apply_model(x, t, {"c_concat": concat, "c_crossattn": [g.cond]})
-    both = {
-        "c_concat": [torch.cat([g.depth, g.depth])] if concat else [],
-        "c_crossattn": [torch.cat([g.uncond, g.cond])],
-    }
+    both = {"c_concat": [torch.cat([g.depth, g.depth])] if concat else [], "c_crossattn": [torch.cat([g.uncond, g.cond])]}
     out = model.apply_model(torch.cat([x, x]), t, both)
     uncond, cond = out.chunk(2)
     return uncond + g.cfg_scale * (cond - uncond)
+
+
+def sigma_at(model: StableDiffusionModel, t: torch.Tensor) -> float:
+    """The noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) of a (possibly fractional) timestep."""
+    ac = model.alphas_cumprod_f64[int(round(float(t)))]
+    return float(((1 - ac) / ac) ** 0.5)
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -151,7 +164,8 @@ def denoise(
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(latents, t)
-        noise_pred = predict_noise(model, x_in, t, guidance)
+        skip = guidance.s_min_uncond > 0 and i % 2 == 1 and sigma_at(model, t) < guidance.s_min_uncond
+        noise_pred = predict_noise(model, x_in, t, guidance, skip_uncond=skip)
         out = scheduler.step(noise_pred, t, latents, return_dict=True, **step_kwargs)
         latents = out.prev_sample
         if inpaint is not None:

@@ -371,6 +371,8 @@ def run_batch(ctx, loaded, request, settings, spec, schedule, prepared, user_dep
         uncond=uncond.expand(batch, -1, -1).to(device),
         depth=depth_cond,
         cfg_scale=request.cfg_scale,
+        s_min_uncond=settings.s_min_uncond,
+        autocast=torch.bfloat16 if settings.cpu_bf16_autocast and device.type == "cpu" else None,
     )
     eta = request.eta if request.eta is not None else (settings.eta_ddim if spec.uses_eta else None)
     control = ctx.control

@@ -69,6 +69,7 @@ class StableDiffusionModel:
         self.tokenizer = tokenizer
         self.depth_model = depth_model
         self.report = report
+        self.optimizations: dict = {}  # what modules.optimizations applied
         self.parameterization = config.parameterization
         self.scale_factor = config.scale_factor
         self.conditioning_key = config.conditioning_key

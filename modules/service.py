@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modules import depth, images, infotext
+from modules import depth, images, infotext, optimizations
 from modules.checkpoints import CheckpointInfo, CheckpointRegistry
 from modules.conditioning import ConditioningCache
 from modules.extensions import ExtensionRegistry, Script
@@ -53,6 +53,7 @@ class Service:
         self.depth_cache = DepthCache(settings.depth_cache_size)
         self.worker = worker or Worker(lambda: self._settings.show_progress_every_n_steps)
         self._settings_lock = threading.Lock()
+        models.on_loaded = lambda model: optimizations.apply(model, self._settings)
 
     # --- settings -------------------------------------------------------------------------------
     @property
@@ -71,6 +72,8 @@ class Service:
         with self._settings_lock:
             self._settings = new
             self.extensions.set_disabled(new.disabled_extensions)
+            for model in self.models.loaded_models():
+                optimizations.apply(model, new)
             self.models.set_keep_in_memory(new.sd_checkpoints_limit)
             self.depth_cache.size = new.depth_cache_size
             self._save()

@@ -60,6 +60,12 @@ class Settings:
     depth_cache_size: int = opt(
         16, "Depth maps kept in memory (per image and model)", "img2img", minimum=0, maximum=256
     )
+    # optimizations (measured in BENCHMARKS.md)
+    opt_channels_last: bool = opt(True, "Channels-last memory format for the UNet and VAE (faster; last-bit differences)", "Optimizations")
+    opt_torch_compile: bool = opt(False, "torch.compile the UNet (slow first run at each size)", "Optimizations")
+    token_merging_ratio: float = opt(0.0, "Token merging ratio (tomesd; lossy, faster at large sizes)", "Optimizations", minimum=0.0, maximum=0.9)
+    s_min_uncond: float = opt(0.0, "Negative guidance minimum sigma (skip the negative prompt below it; lossy)", "Optimizations", minimum=0.0, maximum=15.0)
+    cpu_bf16_autocast: bool = opt(False, "bfloat16 autocast for the UNet on CPU (lossy; fast only with AVX-512 BF16/AMX)", "Optimizations")
     # limits
     max_output_pixels: int = opt(
         2048 * 2048, "Largest output image, in pixels (width x height)", "Limits", minimum=64 * 64

@@ -1,0 +1,108 @@
+"""Speed options: each applies and undoes cleanly; exact ones stay within float tolerance, lossy ones are opt-in."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from modules import optimizations, pipeline
+from modules.checkpoints import CheckpointRegistry, HashCache, load_model
+from modules.hooks import Hooks
+from modules.model_manager import ModelManager
+from modules.processing import ProcessingContext, process
+from modules.progress import JobControl
+from modules.request import GenerationRequest
+from modules.service import Service
+from modules.settings import Settings
+from tests.test_engine import H, W, picture, png
+
+
+@pytest.fixture()
+def model(depth_ckpt):
+    return load_model(depth_ckpt.path)
+
+
+def unet_out(model):
+    g = torch.Generator().manual_seed(0)
+    x, d, c = (
+        torch.randn(2, 4, 8, 12, generator=g),
+        torch.randn(2, 1, 8, 12, generator=g),
+        torch.randn(2, 77, 128, generator=g),
+    )
+    return model.apply_model(x, torch.tensor([10, 700]), {"c_concat": [d], "c_crossattn": [c]})
+
+
+def test_channels_last_is_within_float_tolerance_and_reversible(model):
+    ref = unet_out(model)
+    applied = optimizations.apply(model, Settings().override({"opt_channels_last": True}))
+    assert applied["channels_last"] and model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(unet_out(model), ref, rtol=1e-4, atol=1e-5)
+    optimizations.apply(model, Settings().override({"opt_channels_last": False}))
+    assert torch.equal(unet_out(model), ref)
+
+
+def test_token_merging_changes_output_and_is_removable(model):
+    ref = unet_out(model)
+    optimizations.apply(model, Settings().override({"token_merging_ratio": 0.5, "opt_channels_last": False}))
+    assert not torch.allclose(unet_out(model), ref, atol=1e-3)
+    optimizations.apply(model, Settings().override({"token_merging_ratio": 0.0, "opt_channels_last": False}))
+    assert torch.equal(unet_out(model), ref)
+
+
+def test_service_applies_options_on_load_and_on_change(tmp_path, depth_ckpt):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(depth_ckpt.path, folder)
+    shutil.copy(depth_ckpt.config_path, folder)
+    reg = CheckpointRegistry([folder], HashCache(None))
+    reg.refresh()
+    mm = ModelManager(reg, device=torch.device("cpu"), dtype=torch.float32)
+    service = Service(settings=Settings(), settings_path=None, registry=reg, models=mm, data_dir=tmp_path)
+    loaded = service.select_checkpoint(depth_ckpt.path.name)
+    assert loaded.model.optimizations["channels_last"] is True
+    service.update_settings({"opt_channels_last": False})
+    assert loaded.model.optimizations["channels_last"] is False
+    service.worker.stop()
+
+
+def test_negative_guidance_minimum_sigma_skips_uncond_passes(model, monkeypatch, tmp_path, depth_ckpt):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(depth_ckpt.path, folder)
+    shutil.copy(depth_ckpt.config_path, folder)
+    reg = CheckpointRegistry([folder], HashCache(None))
+    reg.refresh()
+    mm = ModelManager(reg, device=torch.device("cpu"), dtype=torch.float32)
+    batches = []
+    real = pipeline._guided
+    monkeypatch.setattr(pipeline, "_guided", lambda m, x, t, g, skip: batches.append(skip) or real(m, x, t, g, skip))
+    req = dict(prompt="x", init_images=[png(picture())], width=W, height=H, steps=8, seed=1, save_images=False,
+               denoising_strength=1.0)  # fmt: skip
+    ctx = ProcessingContext(mm, Settings(), tmp_path, hooks=Hooks(), control=JobControl())
+    exact = process(GenerationRequest(**req), ctx)
+    assert batches.count(True) == 0
+    ctx = ProcessingContext(
+        mm, Settings().override({"s_min_uncond": 15.0}), tmp_path, hooks=Hooks(), control=JobControl()
+    )
+    fast = process(GenerationRequest(**req), ctx)
+    assert batches.count(True) == 4  # every odd step of 8 is below sigma 15 (SD2 tops out at 14.6)
+    assert not np.array_equal(exact.images[0], fast.images[0])
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path, depth_ckpt):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(depth_ckpt.path, folder)
+    shutil.copy(depth_ckpt.config_path, folder)
+    reg = CheckpointRegistry([folder], HashCache(None))
+    reg.refresh()
+    mm = ModelManager(reg, device=torch.device("cpu"), dtype=torch.float32)
+    ctx = ProcessingContext(
+        mm, Settings().override({"cpu_bf16_autocast": True}), tmp_path, hooks=Hooks(), control=JobControl()
+    )
+    r = process(GenerationRequest(prompt="x", init_images=[png(picture())], width=W, height=H, steps=3, seed=1,
+                                  save_images=False), ctx)  # fmt: skip
+    assert r.images[0].shape == (H, W, 3) and np.isfinite(r.images[0]).all()

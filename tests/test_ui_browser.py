@@ -333,6 +333,114 @@ def test_settings_are_applied_and_saved(page, server, data_dir):
     expect(page.locator("#settings_result")).to_contain_text("Saved 1 setting")
 
 
+# --- scripts, extensions, batch ------------------------------------------------------------------------
+
+
+def gallery_images(page: Page, tab: str, count: int) -> list[Locator]:
+    """The gallery's `count` images in order, once they are all there (grid or preview layout alike)."""
+    gallery = page.locator(f"#{tab}_gallery")
+    expect(gallery.get_by_role("button", name=f"Thumbnail {count} of {count}", exact=True).first).to_be_attached()
+    thumbs = gallery.locator(".thumbnail-item img")
+    by_src: dict[str, Locator] = {}
+    for i in range(thumbs.count()):
+        by_src.setdefault(thumbs.nth(i).get_attribute("src"), thumbs.nth(i))
+    assert len(by_src) == count, list(by_src)
+    return list(by_src.values())
+
+
+def choose(page: Page, dropdown: Locator, option: str) -> None:
+    """Pick `option` in a Gradio dropdown as a user does (open it, click the option)."""
+    dropdown.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    expect(dropdown).to_have_value(option)
+    expect(page.get_by_role("listbox")).to_have_count(0)  # the list has closed
+
+
+def test_xyz_plot_in_img2img_shows_grid_then_cells(page, depth_loaded, picture_file):
+    scope = prepare_img2img(page, picture_file, "img2img", seed=404)
+    upload(scope.locator("#img2img_image"), picture_file)
+    expect(scope.locator("#img2img_image img")).to_be_visible()
+    script = scope.get_by_label("Script", exact=True)
+    group = scope.locator("#img2img_script_x_y_z_plot").first  # Gradio nests a second div with the id
+    expect(script).to_have_value("None")
+    expect(group).to_be_hidden()
+    script.scroll_into_view_if_needed()
+    choose(page, script, "X/Y/Z plot")
+    expect(group).to_be_visible()
+    choose(page, group.get_by_label("X type", exact=True), "Denoising")
+    group.get_by_label("X values", exact=True).fill("0.4,1.0")
+    group.scroll_into_view_if_needed()
+    shot(page, "script_controls")
+
+    scope.locator("#img2img_generate").click()
+    text = wait_for_info(page, "img2img", "select a cell")
+    assert "Denoising strength: 0.4" in text and "Seed: 404" in text  # the grid's text: its first cell's
+    thumbs = gallery_images(page, "img2img", 3)
+    grid, first, second = (fetch_image(page, thumb) for thumb in thumbs)
+    assert first.shape == second.shape == (H, W, 3)
+    assert grid.shape[1] > first.shape[1] and grid.shape[0] > first.shape[0], (grid.shape, first.shape)
+    depth_used = scope.locator("#img2img_depth_used img")
+    expect(depth_used).to_be_hidden()  # the grid has no depth map of its own
+    page.locator("#img2img_html_info").scroll_into_view_if_needed()
+    shot(page, "script_result")
+    thumbs[2].click()
+    wait_for_info(page, "img2img", "Denoising strength: 1")
+    expect(depth_used).to_be_visible()
+    assert fetch_image(page, depth_used).shape[:2] == (H, W)
+    shot(page, "script_cell_selected")
+    choose(page, script, "None")  # the tests after this one generate plain images
+    expect(group).to_be_hidden()
+
+
+def test_extensions_tab_lists_and_disables(page, server):
+    open_tab(page, "Extensions")
+    table = page.locator("#extensions_table")
+    for text in ("xyz_plot", "prompt_prefix", "built-in", "X/Y/Z plot: the same job", "extensions-builtin"):
+        expect(table).to_contain_text(text)
+    shot(page, "tab_Extensions")
+    boxes = page.locator("#extensions_enabled")
+    boxes.get_by_label("prompt_prefix", exact=True).uncheck()
+    page.locator("#extensions_apply").click()
+    result = page.locator("#extensions_result")
+    expect(result).to_contain_text("Disabled prompt_prefix: stopped now")
+    expect(table).to_contain_text("disabled")
+    assert server.app.service.settings.disabled_extensions == ["prompt_prefix"]
+    assert "prompt_prefix" not in [e.name for e in server.app.service.extensions.enabled()]
+    boxes.get_by_label("prompt_prefix", exact=True).check()
+    page.locator("#extensions_apply").click()
+    expect(result).to_contain_text("Enabled prompt_prefix again")
+    assert server.app.service.settings.disabled_extensions == []
+
+
+def test_batch_sub_tab_runs_a_folder(page, depth_loaded, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for name, shift in (("a.png", 0), ("b.png", 60)):
+        Image.fromarray(np.roll(picture(), shift, axis=1)).save(inp / name)
+    open_tab(page, "img2img")
+    open_mode(page, "Batch")
+    scope = panel(page, "img2img")
+    set_number(scope, "Width", W)
+    set_number(scope, "Height", H)
+    set_number(scope, "Sampling steps", 3)
+    set_number(scope, "Seed", 505)
+    scope.get_by_label("Input directory", exact=True).fill(str(inp))
+    scope.get_by_label("Output directory", exact=True).fill(str(out))
+    expect(scope.get_by_label("range slider for Mask blur")).to_be_visible()  # for a mask folder
+    page.locator("#mode_img2img").scroll_into_view_if_needed()
+    shot(page, "tab_img2img_Batch")
+    scope.locator("#img2img_generate").click()
+    text = wait_for_info(page, "img2img", "Batch finished")
+    assert "2 done, 0 skipped (output exists), 0 failed, of 2" in text and "Done: a.png, b.png" in text
+    assert sorted(p.name for p in out.iterdir()) == ["a-depth.png", "a.png", "b-depth.png", "b.png"]
+    thumbs = gallery_images(page, "img2img", 2)
+    for thumb, name in zip(thumbs, ("a.png", "b.png"), strict=True):
+        assert np.array_equal(fetch_image(page, thumb), np.asarray(Image.open(out / name).convert("RGB")))
+    page.locator("#img2img_gallery").scroll_into_view_if_needed()
+    shot(page, "batch_result")
+    open_mode(page, "img2img")
+
+
 # --- the mask brush last: the editor's canvas keeps software WebGL busy and slows later steps ----------
 
 

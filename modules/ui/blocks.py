@@ -1,4 +1,4 @@
-"""The whole page: top bar (checkpoint), the tabs, and the "Send to" wiring between tabs.
+"""The whole page: top bar (checkpoint), the tabs (extensions' own among them), and the "Send to" wiring.
 
 ``build_ui(handlers)`` builds a fresh ``gr.Blocks`` every call; nothing lives at module level.
 """
@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.ui import convert, settings_tab, tabs
+from modules.ui import convert, extensions_tab, settings_tab, tabs
 from modules.ui.controls import TabControls
 from modules.ui.handlers import UiHandlers
 from modules.ui.outputs import ShownResult
@@ -125,23 +125,27 @@ def build_ui(handlers: UiHandlers) -> gr.Blocks:
                 img2img = tabs.build_img2img_tab(handlers)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = tabs.build_png_info_tab(handlers)
+            extensions_tab.build_extension_tabs(handlers)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = settings_tab.build_settings_tab(handlers)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                extensions = extensions_tab.build_extensions_tab(handlers)
         wire_sends(Targets(top_tabs, txt2img, img2img), [txt2img, img2img], png)
-        _on_page_load(demo, handlers, top, settings, [txt2img, img2img])
+        _on_page_load(demo, handlers, top, settings, extensions, [txt2img, img2img])
     return demo
 
 
 def _on_page_load(demo: gr.Blocks, handlers: UiHandlers, top: TopBar, settings: settings_tab.SettingsTab,
-                  panels: list[TabControls]) -> None:  # fmt: skip
-    """A fresh page shows the service as it is now: checkpoints, load status, settings, default sampler."""
+                  extensions: extensions_tab.ExtensionsTab, panels: list[TabControls]) -> None:  # fmt: skip
+    """A fresh page shows the service as it is now: checkpoints, load status, settings, extensions, sampler."""
     names = list(settings.components)
     samplers = [p.fields["sampler_name"] for p in panels]
 
     def load() -> list[Any]:
         current = settings_tab.current_form_values(handlers, names)
         default_sampler = handlers.settings_now().default_sampler
-        return [*handlers.top_bar(), *current, *([default_sampler] * len(samplers))]
+        return [*handlers.top_bar(), *current, *handlers.extensions_view(), *([default_sampler] * len(samplers))]
 
-    outputs = [top.checkpoint, top.status, top.notice, *settings.components.values(), *samplers]
+    outputs = [top.checkpoint, top.status, top.notice, *settings.components.values(), extensions.table,
+               extensions.enabled, *samplers]  # fmt: skip
     demo.load(load, outputs=outputs, queue=False)

@@ -7,6 +7,9 @@ The names are the request field names ``convert.build_request`` reads (plus a fe
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +18,9 @@ import gradio as gr
 from modules import samplers
 from modules.request import INPAINT_AREA_LABELS, MASK_MODE_LABELS, MASKED_CONTENT_LABELS, RESIZE_MODE_LABELS
 from modules.settings import Settings
-from modules.ui import convert
+from modules.ui import convert, render
+
+log = logging.getLogger(__name__)
 
 Fields = dict[str, Any]  # control name -> gradio component
 
@@ -59,6 +64,29 @@ class DepthControls:
 
 
 @dataclass
+class ScriptControls:
+    """The "Script" dropdown and, per script, its controls in a group shown only while it is selected."""
+
+    dropdown: gr.Dropdown
+    groups: dict[str, gr.Group]  # title -> group
+    args: dict[str, Fields]  # title -> {arg name: component}
+    tabs: dict[str, tuple[str, ...]]  # title -> the tabs the script is offered in
+
+    def titles(self, tab: str | None = None) -> list[str]:
+        return [t for t, tabs in self.tabs.items() if tab is None or tab in tabs]
+
+
+@dataclass
+class ExtensionSection:
+    """One extension's controls in an accordion; their values go to ``extension_args[extension]``."""
+
+    extension: str
+    tab: str  # "txt2img", "img2img", "inpaint" or "*"
+    accordion: gr.Accordion
+    args: Fields
+
+
+@dataclass
 class TabControls:
     """Everything one generation tab reads, and the pieces other tabs wire to."""
 
@@ -68,6 +96,8 @@ class TabControls:
     seed: SeedControls
     output: OutputPanel
     extra: dict[str, Any] = field(default_factory=dict)
+    scripts: ScriptControls | None = None
+    sections: list[ExtensionSection] = field(default_factory=list)
 
 
 def prompt_row(tab: str) -> PromptRow:
@@ -208,3 +238,60 @@ def output_panel(tab: str) -> OutputPanel:
     info = gr.HTML("", elem_id=f"{tab}_html_info")
     shown, selected = gr.State(None), gr.State(0)
     return OutputPanel(gallery, depth_image, info, progress, shown, selected, to_img2img, to_inpaint)
+
+
+# --- extensions: sections and scripts ----------------------------------------------------------------
+
+
+def slug(text: str) -> str:
+    """A title as a piece of an elem_id ("X/Y/Z plot" -> "x_y_z_plot")."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "x"
+
+
+def build_extension_ui(build: Callable[[], Any], what: str) -> Fields:
+    """Run an extension's UI builder; a builder that raises (or returns no dict) shows why instead of controls."""
+    try:
+        built = build()
+        if built is None:
+            return {}
+        if not isinstance(built, dict):
+            raise TypeError(f"expected a dict of argument name -> component, got {type(built).__name__}")
+        return built
+    except Exception as e:  # an extension's bug must not break the page
+        log.exception("%s failed to build its controls", what)
+        gr.HTML(render.error_html(f"{what} failed to build its controls: {type(e).__name__}: {e}"))
+        return {}
+
+
+def extension_sections(tab: str, sections: list[Any], visible_in: str) -> list[ExtensionSection]:
+    """Each extension UI section (``UiSection``) in its own accordion; shown when it applies to `visible_in`."""
+    built = []
+    for i, section in enumerate(sections):
+        with gr.Accordion(section.title, open=False, visible=section.tab in ("*", visible_in),
+                          elem_id=f"{tab}_ext_{slug(section.extension)}_{i}") as accordion:  # fmt: skip
+            args = build_extension_ui(section.build, f"extension {section.extension}")
+        built.append(ExtensionSection(section.extension, section.tab, accordion, args))
+    return built
+
+
+def script_controls(tab: str, scripts: list[Any]) -> ScriptControls:
+    """A1111's "Script" dropdown (default "None") and each script's controls, built once by ``script.ui(tab)``."""
+    titles = [s.title for s in scripts]
+    dropdown = gr.Dropdown([convert.NO_SCRIPT, *titles], value=convert.NO_SCRIPT, label="Script",
+                           elem_id=f"{tab}_script")  # fmt: skip
+    groups: dict[str, gr.Group] = {}
+    args: dict[str, Fields] = {}
+    for script in scripts:
+        ui_tab = tab if tab in script.tabs else script.tabs[0]
+        with gr.Group(visible=False, elem_id=f"{tab}_script_{slug(script.title)}") as group:
+            build = (lambda s=script, t=ui_tab: s.ui(t)) if script.ui else (lambda: {})
+            args[script.title] = build_extension_ui(build, f"script {script.title!r}")
+        groups[script.title] = group
+
+    def show(selected: str | None) -> Any:
+        updates = [gr.update(visible=title == selected) for title in groups]
+        return updates[0] if len(updates) == 1 else updates  # Gradio takes a lone output's value as it is
+
+    if groups:
+        dropdown.change(show, inputs=dropdown, outputs=list(groups.values()), queue=False)
+    return ScriptControls(dropdown, groups, args, {s.title: tuple(s.tabs) for s in scripts})

@@ -25,6 +25,10 @@ from modules.request import (
 )
 
 MODES = ("txt2img", "img2img", "inpaint", "inpaint_upload")
+# which extension tab ("txt2img", "img2img", "inpaint") a mode belongs to: scripts and UI sections are per tab
+MODE_TABS = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "inpaint", "inpaint_upload": "inpaint",
+             "batch": "img2img"}  # fmt: skip
+NO_SCRIPT = "None"
 DEPTH_MIDAS = "MiDaS (estimate from the image)"
 DEPTH_UPLOAD = "Depth map (upload)"
 DEPTH_SOURCES = [DEPTH_MIDAS, DEPTH_UPLOAD]
@@ -126,7 +130,7 @@ def _seed_fields(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _depth_fields(values: dict[str, Any], *, required: bool) -> dict[str, Any]:
+def depth_fields(values: dict[str, Any], *, required: bool) -> dict[str, Any]:
     """The user's depth map when "Depth source" says so (txt2img: whenever one is given)."""
     wanted = values.get("depth_source", DEPTH_MIDAS) == DEPTH_UPLOAD or not required
     data = file_bytes(values.get("depth_map")) if wanted else None
@@ -135,7 +139,7 @@ def _depth_fields(values: dict[str, Any], *, required: bool) -> dict[str, Any]:
     return {"depth_map": data, "depth_invert": bool(values.get("depth_invert")) and data is not None}
 
 
-def _inpaint_fields(values: dict[str, Any]) -> dict[str, Any]:
+def inpaint_fields(values: dict[str, Any]) -> dict[str, Any]:
     blur = _whole(values, "mask_blur", 4)
     return {
         "mask_blur_x": blur,
@@ -156,30 +160,75 @@ def _init_fields(mode: str, values: dict[str, Any]) -> dict[str, Any]:
         return {"init_images": [image]}
     if mode == "inpaint":
         image, mask = editor_image_and_mask(values.get("inpaint_editor"))
-        return {"init_images": [image], "mask": mask, **_inpaint_fields(values)}
+        return {"init_images": [image], "mask": mask, **inpaint_fields(values)}
     image, mask = file_bytes(values.get("inpaint_image")), file_bytes(values.get("inpaint_mask"))
     if image is None:
         raise ValidationError("init_images", "upload the image to inpaint")
     if mask is None:
         raise ValidationError("mask", "upload a mask (white = repaint) of the same size as the image")
-    return {"init_images": [image], "mask": mask, **_inpaint_fields(values)}
+    return {"init_images": [image], "mask": mask, **inpaint_fields(values)}
 
 
-def build_request(mode: str, values: dict[str, Any]) -> GenerationRequest:
-    """The request for one press of Generate on the `mode` tab, from the controls' values (validated)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}")
+def script_tab(mode: str, *, inpaint: bool = False) -> str:
+    """The extension tab of `mode` (a batch with a mask folder is an inpaint batch)."""
+    return "inpaint" if inpaint else MODE_TABS[mode]
+
+
+def script_fields(values: dict[str, Any], available: list[str] | None) -> dict[str, Any]:
+    """script_name / script_args for the script chosen in the "Script" dropdown ("None": a plain generation)."""
+    title = values.get("script_name") or NO_SCRIPT
+    if title == NO_SCRIPT:
+        return {}
+    if available is not None and title not in available:
+        offered = ", ".join(available) or "none"
+        raise ValidationError("script_name", f"the script {title!r} is not available here (available: {offered})")
+    args = (values.get("script_args") or {}).get(title) or {}
+    return {"script_name": title, "script_args": dict(args)}
+
+
+def extension_args(values: dict[str, Any], tab: str) -> dict[str, dict[str, Any]]:
+    """{extension name: {arg: value}} from the extension sections shown in `tab` ("*" sections: every tab)."""
+    out: dict[str, dict[str, Any]] = {}
+    for section_tab, extension, args in values.get("extension_sections") or []:
+        if section_tab in ("*", tab):
+            out.setdefault(extension, {}).update(args)
+    return out
+
+
+def generation_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Prompt, sampling, size, batch, seed: what every mode reads."""
     fields: dict[str, Any] = {name: values[name] for name in _COMMON if name in values}
     defaults = GenerationRequest()
     fields.update({name: _whole(values, name, getattr(defaults, name)) for name in _WHOLE})
     fields.update(_seed_fields(values))
+    return fields
+
+
+def img2img_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Resize mode and denoising strength."""
+    return {
+        "resize_mode": _label_index(values.get("resize_mode", 0), RESIZE_MODE_LABELS, "resize_mode"),
+        "denoising_strength": float(values.get("denoising_strength", 0.75)),
+    }
+
+
+def build_request(mode: str, values: dict[str, Any], *, scripts: list[str] | None = None) -> GenerationRequest:
+    """The request for one press of Generate on the `mode` tab, from the controls' values (validated).
+
+    ``values`` may also hold "script_name" (the Script dropdown), "script_args" ({script title: {arg: value}})
+    and "extension_sections" ([(tab, extension name, {arg: value})]); `scripts` are the titles offered there.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    fields = generation_fields(values)
     if mode == "txt2img":
-        fields.update(_depth_fields(values, required=False))
+        fields.update(depth_fields(values, required=False))
     else:
         fields.update(_init_fields(mode, values))
-        fields.update(_depth_fields(values, required=True))
-        fields["resize_mode"] = _label_index(values.get("resize_mode", 0), RESIZE_MODE_LABELS, "resize_mode")
-        fields["denoising_strength"] = float(values.get("denoising_strength", 0.75))
+        fields.update(depth_fields(values, required=True))
+        fields.update(img2img_fields(values))
+    fields.update(script_fields(values, scripts))
+    fields["extension_args"] = extension_args(values, script_tab(mode))
     return GenerationRequest(**fields).validate()
 
 

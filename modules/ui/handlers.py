@@ -9,18 +9,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from modules.batch_cli import plan_batch, run_batch
 from modules.errors import UserError
 from modules.request import GenerationResult
 from modules.service import Service
 from modules.settings import Settings
-from modules.ui import convert, render
+from modules.ui import batch, convert, render
 from modules.ui.outputs import OutputStore, ShownResult
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,37 @@ def in_background(fn: Callable[..., Any], *args: Any) -> Future:
     return future
 
 
+def _unique(items) -> list[Any]:
+    """`items` without repeats (by identity), in order."""
+    out: list[Any] = []
+    for item in items:
+        if all(item is not seen for seen in out):
+            out.append(item)
+    return out
+
+
+def failure_message(error: Exception, script: str | None = None) -> str:
+    """An error for people: a UserError's own words; anything else named, with the script that raised it."""
+    if isinstance(error, UserError):
+        return str(error)
+    log.error("generation failed", exc_info=error)
+    text = f"{type(error).__name__}: {error}"
+    return f"the script {script!r} failed: {text}" if script else text
+
+
+def extensions_message(before: set[str], after: set[str], not_loaded: set[str]) -> str:
+    """What a change of the disabled extensions does: disabling is immediate, loading needs a restart."""
+    parts = []
+    if stopped := sorted(after - before):
+        parts.append(f"Disabled {', '.join(stopped)}: stopped now (controls stay on the page until a restart).")
+    started = sorted(before - after)
+    if later := [n for n in started if n in not_loaded]:
+        parts.append(f"Enabled {', '.join(later)}: restart the web UI to load newly enabled extensions.")
+    if now := [n for n in started if n not in not_loaded]:
+        parts.append(f"Enabled {', '.join(now)} again: active now.")
+    return " ".join(parts) or "Saved."
+
+
 class UiHandlers:
     """Event handlers bound to one Service and one output folder."""
 
@@ -51,6 +83,9 @@ class UiHandlers:
         self.service = service
         self.store = store
         self.poll_seconds = poll_seconds
+        self._batch_stop = threading.Event()  # set by Interrupt: a running batch starts no further file
+        # extensions disabled when the server started were never imported: enabling them needs a restart
+        self.not_loaded = {e["name"] for e in service.extensions.status() if not e["enabled"]}
 
     # --- checkpoints ----------------------------------------------------------------------------
     def model_folder(self) -> Path:
@@ -114,32 +149,53 @@ class UiHandlers:
         yield gr.update(value=loaded.info.title), render.status_html(f"{done} {loaded.info.title} in {seconds:.1f}s")
 
     # --- generation -----------------------------------------------------------------------------
+    def scripts(self, *tabs: str) -> list[Any]:
+        """The scripts offered in any of `tabs`, each once, in the registry's order."""
+        return _unique(s for tab in tabs for s in self.service.scripts(tab))
+
+    def ui_sections(self, *tabs: str) -> list[Any]:
+        """The extension UI sections for any of `tabs` ("*" ones included), each once."""
+        return _unique(s for tab in tabs for s in self.service.extensions.ui_sections(tab))
+
+    def script_titles(self, tab: str) -> list[str]:
+        """The scripts the Script dropdown offers in `tab` (txt2img, img2img, inpaint)."""
+        return [script.title for script in self.service.scripts(tab)]
+
     def generate(self, mode: str, values: dict[str, Any]) -> Iterator[tuple]:
         """Generate; yields (gallery, depth image, info, progress, shown result, selected index) as it goes."""
+        if mode == "batch":
+            yield from self.generate_batch(values)
+            return
         try:
-            request = convert.build_request(mode, values)
+            request = convert.build_request(mode, values, scripts=self.script_titles(convert.script_tab(mode)))
         except UserError as e:
             yield gr.skip(), gr.skip(), render.error_html(str(e)), "", gr.skip(), gr.skip()
             return
+        started = time.perf_counter()
         future: Future[GenerationResult] = in_background(self.service.generate, request)
         yield gr.skip(), None, "", render.progress_html(self.service.progress()), gr.skip(), gr.skip()
+        try:
+            result = yield from self._wait(future, render.progress_html)
+        except Exception as e:  # shown to the user in words; a bug's traceback goes to the log
+            yield self._failed(failure_message(e, request.script_name))
+            return
+        result.timings.setdefault("total", time.perf_counter() - started)
+        yield self._final(result)
+
+    def _wait(self, future: Future, progress_html: Callable[[dict[str, Any]], str]) -> Generator[tuple, None, Any]:
+        """Poll `future`, yielding the progress bar (and live previews) until it is done; returns its result."""
         preview_id = -1
         while True:
             try:
-                result = future.result(timeout=self.poll_seconds)
-                break
+                return future.result(timeout=self.poll_seconds)
             except TimeoutError:
                 progress = self.service.progress()
                 gallery, preview_id = self._preview(progress, preview_id)
-                yield gallery, gr.skip(), gr.skip(), render.progress_html(progress), gr.skip(), gr.skip()
-            except UserError as e:
-                yield None, None, render.error_html(str(e)), "", ShownResult().to_dict(), 0
-                return
-            except Exception as e:  # a bug: the user sees it, the log has the traceback
-                log.exception("generation failed")
-                yield None, None, render.error_html(f"{type(e).__name__}: {e}"), "", ShownResult().to_dict(), 0
-                return
-        yield self._final(result)
+                yield gallery, gr.skip(), gr.skip(), progress_html(progress), gr.skip(), gr.skip()
+
+    @staticmethod
+    def _failed(message: str) -> tuple:
+        return None, None, render.error_html(message), "", ShownResult().to_dict(), 0
 
     def _preview(self, progress: dict[str, Any], last_id: int) -> tuple[Any, int]:
         """The live preview for the gallery when a new one is there (and previews are on)."""
@@ -154,7 +210,35 @@ class UiHandlers:
         depth_image = shown.depth_maps[0] if shown.depth_maps else None
         return shown.images, depth_image, render.info_html(result), "", shown.to_dict(), 0
 
+    # --- batch (img2img's Batch sub-tab) ---------------------------------------------------------
+    def generate_batch(self, values: dict[str, Any]) -> Iterator[tuple]:
+        """Every image of the input folder through ``run_batch``: progress per file, then a summary."""
+        try:
+            options = batch.batch_options(values)
+            template = batch.batch_template(values, options, scripts=self.script_titles(batch.batch_tab(options)))
+            items = plan_batch(options)
+        except UserError as e:
+            yield gr.skip(), gr.skip(), render.error_html(str(e)), "", gr.skip(), gr.skip()
+            return
+        tracker = batch.BatchTracker(len(items))
+        self._batch_stop.clear()
+        future = in_background(run_batch, self.service, template, options, tracker, self._batch_stop.is_set, items)
+        yield None, None, "", render.batch_progress_html(tracker.counts(), len(items), {}), gr.skip(), gr.skip()
+        try:
+            report = yield from self._wait(
+                future, lambda p: render.batch_progress_html(tracker.counts(), len(items), p)
+            )
+            shown = batch.shown_outputs(self.store, report)
+        except Exception as e:  # e.g. the output folder cannot be created
+            yield self._failed(failure_message(e, template.script_name))
+            return
+        summary = render.batch_summary_html(report, len(items), options.output_dir)
+        depth_image = shown.depth_maps[0] if shown.depth_maps else None
+        yield shown.images, depth_image, summary, "", shown.to_dict(), 0
+
     def interrupt(self) -> None:
+        """Interrupt the running job, and stop a running batch before its next file."""
+        self._batch_stop.set()
         self.service.interrupt()
 
     def skip(self) -> None:
@@ -166,8 +250,10 @@ class UiHandlers:
         result = ShownResult.from_dict(shown)
         if index is None or not result.images or index >= len(result.images):
             return gr.skip(), gr.skip()
-        depth_image = result.depth_maps[index] if index < len(result.depth_maps) else gr.skip()
-        info = render.info_from_text(result.infotexts[index]) if index < len(result.infotexts) else gr.skip()
+        depth_image = result.depth_maps[index] if index < len(result.depth_maps) else None  # none for a grid
+        note = render.GRID_NOTE if result.grid and index == 0 else ""
+        text = result.infotexts[index] if index < len(result.infotexts) else None
+        info = render.info_from_text(text, note, result.warnings) if text is not None else gr.skip()
         return depth_image, info
 
     @staticmethod
@@ -189,6 +275,28 @@ class UiHandlers:
         except UserError as e:
             return render.error_html(str(e)), ""
         return render.png_info_html(text, params), text
+
+    # --- extensions -----------------------------------------------------------------------------
+    def extensions_view(self) -> tuple[str, dict[str, Any]]:
+        """The Extensions tab's table and its "Enabled" checkboxes as the registry has them now."""
+        rows = self.service.extensions.status()
+        enabled = [r["name"] for r in rows if r["enabled"]]
+        table = render.extensions_table_html(rows, self.not_loaded)
+        return table, gr.update(choices=[r["name"] for r in rows], value=enabled)
+
+    def apply_extensions(self, enabled: list[str] | None) -> tuple[str, dict[str, Any], str]:
+        """Save ``disabled_extensions`` (unticked ones; names of removed folders are kept); say what that does."""
+        names = [r["name"] for r in self.service.extensions.status()]
+        before = set(self.service.settings.disabled_extensions)
+        wanted = set(enabled or [])
+        disabled = (before - set(names)) | {n for n in names if n not in wanted}
+        if disabled == before:
+            return *self.extensions_view(), render.status_html("Nothing changed.")
+        try:
+            self.service.update_settings({"disabled_extensions": sorted(disabled)})
+        except UserError as e:
+            return *self.extensions_view(), render.status_html(str(e), "error")
+        return *self.extensions_view(), render.status_html(extensions_message(before, disabled, self.not_loaded))
 
     # --- settings -------------------------------------------------------------------------------
     def apply_settings(self, values: dict[str, Any]) -> str:

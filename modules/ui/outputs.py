@@ -27,10 +27,12 @@ class ShownResult:
     """What the UI keeps of the last result (in a gr.State): file paths and texts, plain data."""
 
     images: list[str] = field(default_factory=list)
-    depth_maps: list[str] = field(default_factory=list)
+    depth_maps: list[str | None] = field(default_factory=list)  # one per image; None: none for it (a grid)
     infotexts: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     subseeds: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    grid: bool = False  # the first image is a script's grid of the others
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +40,24 @@ class ShownResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> ShownResult:
         return cls(**data) if data else cls()
+
+
+def grid_first(result: GenerationResult) -> bool:
+    """Whether the first image is a script's grid (a plain batch's grid is saved to disk, not shown)."""
+    grid = result.grid
+    if grid is None or not result.images:
+        return False
+    first = result.images[0]
+    return first is grid or (first.shape == grid.shape and np.array_equal(first, grid))
+
+
+def depth_slots(count: int, depth_maps: list[str], *, grid: bool) -> list[str | None]:
+    """One entry per image: a script's grid (the first image) has no depth map, its cells have theirs in order."""
+    offset = 1 if grid else 0
+    slots: list[str | None] = [None] * count
+    for i, path in enumerate(depth_maps[: max(0, count - offset)]):
+        slots[offset + i] = path
+    return slots
 
 
 class OutputStore:
@@ -60,14 +80,16 @@ class OutputStore:
         return self.image(np.asarray(depth.depth_preview(depth01)), None, "depth")
 
     def save_result(self, result: GenerationResult) -> ShownResult:
-        """Every image (with its infotext) and depth map of `result` as files."""
+        """Every image (with its infotext) and depth map of `result` as files, depth maps lined up with images."""
         self.prune()
-        shown = ShownResult(seeds=list(result.seeds), subseeds=list(result.subseeds), infotexts=list(result.infotexts))
+        grid = grid_first(result)
+        shown = ShownResult(seeds=list(result.seeds), subseeds=list(result.subseeds), infotexts=list(result.infotexts),
+                            warnings=list(result.warnings), grid=grid)  # fmt: skip
         for i, arr in enumerate(result.images):
             text = result.infotexts[i] if i < len(result.infotexts) else None
             seed = result.seeds[i] if i < len(result.seeds) else i
-            shown.images.append(self.image(arr, text, f"{seed}"))
-        shown.depth_maps = [self.depth(d) for d in result.depth_maps]
+            shown.images.append(self.image(arr, text, f"grid-{seed}" if grid and i == 0 else f"{seed}"))
+        shown.depth_maps = depth_slots(len(result.images), [self.depth(d) for d in result.depth_maps], grid=grid)
         return shown
 
     def prune(self) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from modules.request import GenerationResult
+from modules.ui.outputs import grid_first
 
 CHECKPOINT_NAMES = "512-depth-ema.ckpt or 512-depth-ema.safetensors"
+GRID_NOTE = "The first image is the grid: select a cell for its own parameters and depth map"
 
 
 def _duration(seconds: float) -> str:
@@ -57,6 +59,8 @@ def info_html(result: GenerationResult, index: int = 0) -> str:
         return f'<div class="sd-info"><p class="sd-note">{text}</p>{_warnings(result.warnings)}</div>'
     index = min(max(index, 0), len(result.infotexts) - 1)
     footer = [f"Time taken: {_duration(result.timings.get('total', 0.0))}"]
+    if grid_first(result):
+        footer.append(GRID_NOTE)
     if result.interrupted:
         footer.append(f"Interrupted: {len(result.images)} image(s) done")
     return (
@@ -65,10 +69,10 @@ def info_html(result: GenerationResult, index: int = 0) -> str:
     )
 
 
-def info_from_text(text: str, note: str = "") -> str:
-    """The same look for a stored infotext (after the gallery selection changes)."""
+def info_from_text(text: str, note: str = "", warnings: list[str] | None = None) -> str:
+    """The same look for a stored infotext (after the gallery selection changes), warnings kept in view."""
     extra = f'<p class="sd-note">{html.escape(note)}</p>' if note else ""
-    return f'<div class="sd-info"><pre class="sd-infotext">{html.escape(text)}</pre>{extra}</div>'
+    return f'<div class="sd-info"><pre class="sd-infotext">{html.escape(text)}</pre>{extra}{_warnings(warnings or [])}</div>'
 
 
 def _warnings(warnings: list[str]) -> str:
@@ -107,6 +111,73 @@ def png_info_html(text: str, params: dict[str, str]) -> str:
     )
 
 
+def _bar(percent: int, text: str) -> str:
+    return (
+        f'<div class="sd-progress" role="progressbar" aria-valuenow="{percent}" aria-valuemin="0" '
+        f'aria-valuemax="100"><div class="sd-progress-bar" style="width:{percent}%"></div>'
+        f'<div class="sd-progress-text">{html.escape(text)}</div></div>'
+    )
+
+
+def batch_progress_html(counts: dict[str, int], total: int, progress: dict[str, Any]) -> str:
+    """The batch's own bar (files done of all, counts), then the bar of the image being made."""
+    finished = sum(counts.values())
+    current = float(progress.get("progress", 0.0)) if progress.get("active") else 0.0
+    percent = round(100 * min(1.0, (finished + current) / max(1, total)))
+    text = (f"Batch: {finished}/{total} files · {counts.get('done', 0)} done, {counts.get('skipped', 0)} skipped, "
+            f"{counts.get('failed', 0)} failed")  # fmt: skip
+    image = progress_html(progress) if finished < total else ""
+    return f'<div class="sd-batch-progress">{_bar(percent, text)}{image}</div>'
+
+
+def batch_summary_html(report: Any, total: int, output_dir: Path) -> str:
+    """What a finished batch did: counts, then the files by outcome (failures in red, with the reason)."""
+    head = (f"{report.count('done')} done, {report.count('skipped')} skipped (output exists), "
+            f"{report.count('failed')} failed, of {total} in {_duration(report.seconds)}")  # fmt: skip
+    if report.interrupted:
+        head += f"; interrupted with {total - len(report.outcomes)} not started (Generate again to resume)"
+    rows = []
+    for status, title in (("done", "Done"), ("skipped", "Skipped")):
+        names = [o.item.image.name for o in report.outcomes if o.status == status]
+        if names:
+            rows.append(f'<li class="sd-batch-{status}"><b>{title}:</b> {html.escape(", ".join(names))}</li>')
+    rows += [
+        f'<li class="sd-batch-failed"><b>Failed: {html.escape(o.item.image.name)}</b> — {html.escape(o.message)}</li>'
+        for o in report.failed
+    ]
+    notes = [o for o in report.outcomes if o.status == "done" and o.message]
+    rows += [f'<li class="sd-warnings">{html.escape(o.item.image.name)}: {html.escape(o.message)}</li>' for o in notes]
+    return (
+        f'<div class="sd-info sd-batch-summary"><p><b>Batch finished:</b> {html.escape(head)}.</p>'
+        f'<p class="sd-note">Outputs in <code>{html.escape(str(output_dir))}</code></p><ul>{"".join(rows)}</ul></div>'
+    )
+
+
+def extensions_table_html(rows: list[dict[str, Any]], restart: set[str] | None = None) -> str:
+    """The Extensions tab's table: name, built-in or user, state (a load error in red), description, path."""
+    if not rows:
+        return (
+            '<p class="sd-note">No extensions found (put one folder per extension into <code>extensions/</code>).</p>'
+        )
+    body = []
+    for row in rows:
+        if row.get("error"):
+            state = f'<span class="sd-ext-error">error: {html.escape(str(row["error"]))}</span>'
+        elif not row.get("enabled"):
+            state = "disabled"
+        elif row["name"] in (restart or set()):
+            state = "enabled: restart to load"
+        else:
+            state = '<span class="sd-ext-enabled">enabled</span>'
+        kind = "built-in" if row.get("builtin") else "user"
+        body.append(
+            f"<tr><td><b>{html.escape(row['name'])}</b></td><td>{kind}</td><td>{state}</td>"
+            f"<td>{html.escape(row.get('description') or '')}</td><td><code>{html.escape(row.get('path') or '')}</code></td></tr>"
+        )
+    head = "<tr><th>Extension</th><th>Type</th><th>State</th><th>Description</th><th>Path</th></tr>"
+    return f'<table class="sd-extensions"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
 CSS = """
 .gradio-container { max-width: 100% !important; padding: 0 12px !important; overflow: visible !important;
                     overflow-x: clip !important; }  /* clip, not hidden: the results column can stay in view */
@@ -143,4 +214,16 @@ CSS = """
 .sd-generate { min-height: 70px; font-size: 1.2em !important; }
 .sd-seed-row { align-items: flex-end; }
 .sd-send-row button { font-size: 0.85em; }
+.sd-batch-progress { display: flex; flex-direction: column; gap: 4px; }
+.sd-batch-summary ul { margin: 4px 0; padding-left: 18px; }
+.sd-batch-failed, .sd-ext-error { color: #c0392b; }
+.sd-extensions { border-collapse: collapse; width: 100%; font-size: 0.9em; border: none !important; }
+.sd-extensions tr { border: none !important; }
+.sd-extensions th, .sd-extensions td { text-align: left; vertical-align: top; padding: 6px 12px 6px 0 !important;
+                                       border: none !important;
+                                       border-bottom: 1px solid var(--border-color-primary) !important; }
+.sd-extensions th { font-weight: 600; }
+.sd-extensions td:nth-child(-n+2) { white-space: nowrap; }
+.sd-ext-enabled { color: #1e8449; }
+.sd-extensions code { font-size: 0.85em; word-break: break-all; }
 """

@@ -16,7 +16,7 @@ from modules import samplers
 from modules.settings import Settings
 from modules.ui.handlers import UiHandlers
 
-SKIPPED = {"sd_model_checkpoint"}  # chosen in the top bar
+SKIPPED = {"sd_model_checkpoint", "disabled_extensions"}  # chosen in the top bar / the Extensions tab
 DYNAMIC_CHOICES = {"default_sampler": samplers.sampler_names}
 
 
@@ -50,7 +50,7 @@ def to_form(name: str, value: Any) -> Any:
 
 def from_form(values: dict[str, Any]) -> dict[str, Any]:
     """The form's values back to setting values (comma-separated text -> list, whole floats -> int)."""
-    kinds = {f.name: _kind(f) for f in setting_fields()}
+    kinds = {f.name: _kind(f) for f in dataclasses.fields(Settings)}
     out: dict[str, Any] = {}
     for name, value in values.items():
         kind = kinds.get(name)

@@ -77,20 +77,31 @@ def create_app(args) -> App:
         from modules.api import mount_api
 
         mount_api(api, service, args)
+    elif args.api_auth:  # no API, but the log-in still guards the docs and the extensions' routes
+        from modules.api import guard_app
+
+        guard_app(api, args)
+    service.extensions.app_started(app)  # before the UI: its mount at "/" would shadow routes added after it
     if not args.nowebui:
         from modules.ui import mount_ui
 
         mount_ui(api, service, args)
-    service.extensions.app_started(app)
     return app
 
 
 def load_initial_model(app: App) -> None:
-    """--ckpt, else the last used checkpoint; a failure is logged (and shown in the UI), serving goes on."""
+    """--ckpt, else the last used checkpoint, else the first one found (as A1111 does).
+
+    A failure is logged and shown in the UI (models.last_error); serving goes on.
+    """
     service = app.service
     wanted = app.args.ckpt or service.settings.sd_model_checkpoint
     if not wanted:
-        return
+        found = service.checkpoints()
+        if not found:
+            log.info("No checkpoint yet: put one into %s", service.registry.folders[0])
+            return
+        wanted = found[0].title
     try:
         service.select_checkpoint(wanted)
     except Exception as e:  # the UI shows models.last_error; serving must not depend on it

@@ -151,9 +151,16 @@ def _read_pickle(path: Path, *, allow_unsafe: bool) -> object:
 def _check_zip_members(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
+            infos = z.infolist()
     except (zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path.name} is a damaged zip archive: {e}") from e
+    names = [i.filename for i in infos]
+    compressed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if compressed:  # torch.save never compresses; torch.load would inflate it all into memory (a zip bomb)
+        raise UnsafeCheckpointError(
+            f"Refused to load {path.name}: compressed member {compressed[0]!r} (PyTorch checkpoints store their "
+            "members uncompressed)."
+        )
     bad = [n for n in names if not _ZIP_MEMBER.match(n)]
     pickles = [n for n in names if n.endswith("/data.pkl")]
     if bad or len(pickles) != 1 or len({n.split("/", 1)[0] for n in names}) != 1:

@@ -20,8 +20,19 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--port", type=int, default=7860, help="port to serve on")
     net.add_argument("--api", action="store_true", help="serve the A1111-compatible HTTP API under /sdapi/v1/")
     net.add_argument("--nowebui", action="store_true", help="serve only the HTTP API, no web UI (implies --api)")
-    net.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS]", help="HTTP Basic auth for the API")
-    net.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER:PASS]", help="log-in for the web UI")
+    net.add_argument(
+        "--api-auth",
+        default=None,
+        metavar="USER:PASS[,USER:PASS]",
+        help="HTTP Basic auth for the API (and every other route outside the web UI); "
+        "without --gradio-auth it is also the web UI's log-in",
+    )
+    net.add_argument(
+        "--gradio-auth",
+        default=None,
+        metavar="USER:PASS[,USER:PASS]",
+        help="log-in for the web UI; without --api-auth it is also the API's HTTP Basic auth",
+    )
     net.add_argument("--max-body-mb", type=float, default=64.0, help="largest accepted HTTP request body, in MiB")
 
     models = p.add_argument_group("models")
@@ -56,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.nowebui:
         args.api = True
+    # one log-in protects everything: the UI and the API can each do all the other can (generate, settings)
+    args.api_auth = args.api_auth or args.gradio_auth
+    args.gradio_auth = args.gradio_auth or args.api_auth
     return args
 
 

@@ -89,7 +89,9 @@ def encode_chunks(model, chunks: list[Chunk], *, clip_skip: int = 1, emphasis: s
         for zi, wi in zip(z, weights, strict=True):
             weighted = zi * wi[:, None]
             if emphasis == "Original":
-                weighted = weighted * (zi.mean() / weighted.mean())
+                ratio = zi.mean() / weighted.mean()
+                if torch.isfinite(ratio):  # a weighted mean of 0 (zero-mean embeddings) has no mean to restore
+                    weighted = weighted * ratio
             out.append(weighted)
         z = torch.stack(out)
     return z.reshape(1, -1, z.shape[-1])

@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from transformers import DPTForDepthEstimation
 
 from modules.errors import ValidationError
+from modules.images import open_within_limit
 
 MIDAS_SIZE = 384
 MIDAS_MULTIPLE = 32
@@ -103,9 +104,22 @@ def depth_for_display(depth: torch.Tensor, size_hw: tuple[int, int]) -> np.ndarr
 # --- user-supplied depth maps ----------------------------------------------------------------------
 
 
-def decode_depth_map(data: bytes, field: str = "depth_image") -> np.ndarray:
-    """An uploaded depth map -> float64 [H,W], precision kept (8/16-bit PNG, TIFF, gray or RGB; red channel)."""
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+def decode_depth_map(data: bytes, field: str = "depth_image", *, max_pixels: int | None = None) -> np.ndarray:
+    """An uploaded depth map -> float64 [H,W], precision kept (8/16-bit PNG, TIFF, gray or RGB; red channel).
+
+    With `max_pixels`, the size in the header is checked before anything is decoded.
+    """
+    if max_pixels is not None:
+        try:
+            open_within_limit(data, field, max_pixels=max_pixels, what="depth map").close()
+        except ValidationError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            pass  # a format Pillow does not read: OpenCV may (with its own size ceiling, checked after decoding)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise ValidationError(field, f"the depth map could not be decoded ({str(e).strip().splitlines()[-1]})") from e
     if arr is None:
         try:
             img = Image.open(io.BytesIO(data))

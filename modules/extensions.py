@@ -133,7 +133,9 @@ def load_extension(path: Path, builtin: bool) -> Extension:
     ext = Extension(path.name, path, builtin)
     module_name = f"sd_extension_{'builtin_' if builtin else ''}{_identifier(path.name)}"
     try:
-        spec = importlib.util.spec_from_file_location(module_name, path / "__init__.py", submodule_search_locations=[str(path)])
+        spec = importlib.util.spec_from_file_location(
+            module_name, path / "__init__.py", submodule_search_locations=[str(path)]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)

@@ -31,23 +31,39 @@ _SEQUENCE_LOCK = threading.Lock()
 # --- decoding -------------------------------------------------------------------------------------
 
 
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def open_within_limit(data: bytes, field: str, *, max_pixels: int, what: str = "image") -> Image.Image:
+    """Open lazily (the header only) and refuse more than `max_pixels` before any pixel is decoded."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # Pillow's own ceiling, hit before we see the size
+        m = _BOMB_PIXELS.search(str(e))
+        size = f"{int(m.group(1))} pixels" if m else "too large"
+        limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+        raise ValidationError(field, f"{what} is {size}, above the limit of {limit} pixels (max_input_pixels)") from e
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise ValidationError(field, f"{what} is {w}x{h}, above the limit of {max_pixels} pixels (max_input_pixels)")
+    return img
+
+
 def decode_image(data: bytes, field: str, *, max_pixels: int, background: str = "#ffffff") -> Image.Image:
     """Encoded bytes -> RGB PIL image; EXIF rotation applied, transparency filled with `background`."""
     if not data:
         raise ValidationError(field, "empty image data")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            w, h = probe.size
-            if w * h > max_pixels:
-                raise ValidationError(field, f"image is {w}x{h}, above the limit of {max_pixels} pixels")
+        with open_within_limit(data, field, max_pixels=max_pixels) as probe:
             img = probe.copy() if probe.format != "MPO" else probe.convert("RGB")
         img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return to_rgb(img, background)
     except ValidationError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValidationError(field, f"could not decode the image ({e.__class__.__name__}: {e})") from e
-    img = ImageOps.exif_transpose(img) or img
-    return to_rgb(img, background)
 
 
 def to_rgb(img: Image.Image, background: str = "#ffffff") -> Image.Image:

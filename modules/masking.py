@@ -6,22 +6,19 @@ size and rounded (A1111): 1 = regenerate, 0 = keep the (re-noised) original.
 
 from __future__ import annotations
 
-import io
-
 import cv2
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from modules.errors import ValidationError
+from modules.images import open_within_limit
 
 
 def decode_mask(data: bytes, size: tuple[int, int], *, invert: bool, max_pixels: int) -> np.ndarray:
     """Mask bytes -> uint8 HxW (255 = repaint); alpha masks use their alpha, RGB ones their brightness."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            if probe.width * probe.height > max_pixels:
-                raise ValidationError("mask", f"mask is {probe.width}x{probe.height}, above {max_pixels} pixels")
+        with open_within_limit(data, "mask", max_pixels=max_pixels, what="mask") as probe:
             img = probe.copy()
         img.load()
     except ValidationError:
@@ -32,6 +29,15 @@ def decode_mask(data: bytes, size: tuple[int, int], *, invert: bool, max_pixels:
         raise ValidationError(
             "mask", f"the mask is {img.width}x{img.height} but the image is {size[0]}x{size[1]}; they must match"
         )
+    try:
+        mask = _mask_values(img)
+    except ValueError as e:  # a mode Pillow cannot convert (LAB, HSV...)
+        raise ValidationError("mask", f"a {img.mode} image cannot be used as a mask ({e}); send a greyscale PNG") from e
+    return 255 - mask if invert else mask.copy()
+
+
+def _mask_values(img: Image.Image) -> np.ndarray:
+    """uint8 HxW from a mask image of any mode: alpha for painted layers, brightness otherwise."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         alpha = np.asarray(rgba)[..., 3]
@@ -42,8 +48,7 @@ def decode_mask(data: bytes, size: tuple[int, int], *, invert: bool, max_pixels:
         mask = np.round(arr / (arr.max() or 1) * 255)
     else:
         mask = np.asarray(img.convert("L"))
-    mask = np.asarray(mask, dtype=np.uint8)
-    return 255 - mask if invert else mask.copy()
+    return np.asarray(mask, dtype=np.uint8)
 
 
 def blur(mask: np.ndarray, sigma_x: int, sigma_y: int) -> np.ndarray:

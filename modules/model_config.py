@@ -92,10 +92,30 @@ def _get(tree: dict, dotted: str, kind: type | tuple[type, ...], path: Path, def
     return node
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 32  # the LDM configs nest 6 deep
+
+
+def check_yaml_shape(path: Path) -> None:
+    """Refuse a yaml too large or nested too deeply before it is built (deep nesting overflows the stack)."""
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path.name} is {path.stat().st_size} bytes; an LDM config is a few KiB")
+    depth = 0
+    with path.open("rb") as f:
+        for event in yaml.parse(f, Loader=yaml.SafeLoader):  # a flat event stream: no recursion
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_CONFIG_DEPTH:
+                    raise ConfigError(f"{path.name} is nested more than {MAX_CONFIG_DEPTH} levels deep")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+
+
 def load_config(path: str | Path) -> ModelConfig:
     """Parse and validate an LDM yaml. Nothing in it is imported or instantiated."""
     path = Path(path)
     try:
+        check_yaml_shape(path)
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read config {path.name}: {e}") from e

@@ -120,7 +120,10 @@ def _guided(model: StableDiffusionModel, x: torch.Tensor, t: torch.Tensor, g: Gu
     concat = [g.depth] if g.depth is not None else []
     if g.cfg_scale == 1.0 or skip_uncond:
         return model.apply_model(x, t, {"c_concat": concat, "c_crossattn": [g.cond]})
-    both = {"c_concat": [torch.cat([g.depth, g.depth])] if concat else [], "c_crossattn": [torch.cat([g.uncond, g.cond])]}
+    both = {
+        "c_concat": [torch.cat([g.depth, g.depth])] if concat else [],
+        "c_crossattn": [torch.cat([g.uncond, g.cond])],
+    }
     out = model.apply_model(torch.cat([x, x]), t, both)
     uncond, cond = out.chunk(2)
     return uncond + g.cfg_scale * (cond - uncond)

@@ -261,17 +261,23 @@ def prepare_image(request: GenerationRequest, data: bytes, index: int, settings:
 
 
 def _latent_source(request: GenerationRequest, img: Image.Image) -> Image.Image | None:
-    """For latent upscale: the image at its own size rounded to multiples of 8 (encoded, then upscaled)."""
+    """For latent upscale: the image at its own size rounded to multiples of 8 (encoded, then upscaled).
+
+    Sides under 64 px are stretched to 64: the VAE's normalisation layers need a few latent pixels.
+    """
     if request.resize_mode != ResizeMode.LATENT_UPSCALE:
         return None
-    w, h = max(8, img.width // 8 * 8), max(8, img.height // 8 * 8)
+    w, h = max(64, img.width // 8 * 8), max(64, img.height // 8 * 8)
     return img.resize((w, h), images.LANCZOS) if (w, h) != img.size else img
 
 
 def _user_depth(request: GenerationRequest, settings: Settings) -> np.ndarray:
-    arr = depth.decode_depth_map(request.depth_map, "depth_image")
-    if arr.shape[0] * arr.shape[1] > settings.max_input_pixels:
-        raise ValidationError("depth_image", f"depth map is {arr.shape[1]}x{arr.shape[0]}, above the pixel limit")
+    limit = settings.max_input_pixels
+    arr = depth.decode_depth_map(request.depth_map, "depth_image", max_pixels=limit)
+    if arr.shape[0] * arr.shape[1] > limit:  # formats only OpenCV reads are checked after decoding
+        raise ValidationError(
+            "depth_image", f"depth map is {arr.shape[1]}x{arr.shape[0]}, above the limit of {limit} pixels"
+        )
     return arr
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from modules.errors import ValidationError
+from modules.prompt_parser import BREAK, parse_weighted
 
 
 class ResizeMode(IntEnum):
@@ -47,6 +48,7 @@ MASKED_CONTENT_LABELS = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREA_LABELS = ["Whole picture", "Only masked"]
 
 MAX_SEED = 2**32 - 1
+MAX_EMPHASIS = 1000.0  # 72 nested "(" or "(text:1000)"; beyond it the conditioning overflows to NaN
 
 
 @dataclass
@@ -108,15 +110,18 @@ class GenerationRequest:
 
     def validate(self, *, max_pixels: int = 2048 * 2048, max_images: int = 64) -> GenerationRequest:
         """Refuse invalid values up front, naming the field; returns self with enums normalised."""
-        _text(self, "prompt", 50_000)
-        _text(self, "negative_prompt", 50_000)
+        for name in ("prompt", "negative_prompt"):
+            _text(self, name, 50_000)
+            _emphasis(self, name)
         for name in ("width", "height"):
             v = _integer(self, name, 64, 8192)
             if v % 8:
                 raise ValidationError(name, f"{v} is not a multiple of 8 (try {v - v % 8 or 8} or {v + 8 - v % 8})")
         if self.width * self.height > max_pixels:
             raise ValidationError(
-                "width", f"{self.width}x{self.height} is above the limit of {max_pixels} pixels (max_output_pixels)"
+                "width",
+                f"width x height = {self.width}x{self.height} is above the limit of {max_pixels} pixels "
+                "(max_output_pixels)",
             )
         _integer(self, "steps", 1, 1000)
         _number(self, "cfg_scale", 0.0, 100.0)
@@ -132,7 +137,9 @@ class GenerationRequest:
         _integer(self, "n_iter", 1, 10_000)
         if self.batch_size * self.n_iter > max_images:
             raise ValidationError(
-                "n_iter", f"{self.batch_size * self.n_iter} images is above the limit of {max_images}"
+                "n_iter",
+                f"batch_size x n_iter = {self.batch_size * self.n_iter} images is above the limit of {max_images} "
+                "(max_batch_images)",
             )
         if self.eta is not None:
             _number(self, "eta", 0.0, 1.0)
@@ -169,7 +176,22 @@ def _text(req: GenerationRequest, name: str, max_len: int) -> str:
         raise ValidationError(name, f"expected text, got {type(v).__name__}")
     if len(v) > max_len:
         raise ValidationError(name, f"is {len(v)} characters long; the limit is {max_len}")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON can carry "\ud800"; no tokenizer or PNG text chunk can
+        raise ValidationError(name, f"contains an unpaired surrogate (invalid Unicode) at position {e.start}") from e
     return v
+
+
+def _emphasis(req: GenerationRequest, name: str) -> None:
+    """Refuse emphasis weights that would overflow the conditioning (NaN images with a misleading error)."""
+    for fragment, weight in parse_weighted(getattr(req, name)):
+        if (fragment, weight) != BREAK and not abs(weight) <= MAX_EMPHASIS:
+            raise ValidationError(
+                name,
+                f"the emphasis weight of {fragment[:40]!r} is {weight:g}; weights must stay within "
+                f"-{MAX_EMPHASIS:g}..{MAX_EMPHASIS:g} (too many nested brackets, or a huge (text:weight))",
+            )
 
 
 def _integer(req: GenerationRequest, name: str, lo: int, hi: int) -> int:

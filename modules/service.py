@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from modules import depth, images, infotext, optimizations
+from modules import settings as settings_module
 from modules.checkpoints import CheckpointInfo, CheckpointRegistry
 from modules.conditioning import ConditioningCache
 from modules.extensions import ExtensionRegistry, Script
@@ -63,13 +64,14 @@ class Service:
     def update_settings(self, values: dict[str, Any]) -> Settings:
         """Validate and apply `values`; ``sd_model_checkpoint`` switches the model (after the running job)."""
         values = dict(values or {})
+        settings_module.check_request_folders(values)
         checkpoint = values.pop("sd_model_checkpoint", None)
         with self._settings_lock:
-            new = self._settings.override(values)
+            self._settings.override(values)  # validated before the switch: a bad value changes nothing
         if checkpoint:
-            loaded = self.select_checkpoint(checkpoint)
-            new = new.override({"sd_model_checkpoint": loaded.info.title})
-        with self._settings_lock:
+            self.select_checkpoint(checkpoint)  # waits for the running job; records the new checkpoint
+        with self._settings_lock:  # applied to the settings as they are now: changes made meanwhile are kept
+            new = self._settings.override(values)
             self._settings = new
             self.extensions.set_disabled(new.disabled_extensions)
             for model in self.models.loaded_models():

@@ -10,8 +10,10 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
+
+from PIL import ImageColor
 
 from modules.errors import ValidationError
 from modules.fileio import atomic_write_text
@@ -35,11 +37,15 @@ class Settings:
     samples_filename_pattern: str = opt("", "Images filename pattern (empty: NNNNN-[seed])", "Saving images")
     save_to_dirs: bool = opt(True, "Save images to a subdirectory", "Saving images")
     directories_filename_pattern: str = opt("[date]", "Directory name pattern", "Saving images")
-    outdir_img2img_samples: str = opt("outputs/img2img-images", "Output directory for img2img images", "Paths")
-    outdir_img2img_grids: str = opt("outputs/img2img-grids", "Output directory for img2img grids", "Paths")
-    outdir_txt2img_samples: str = opt("outputs/txt2img-images", "Output directory for txt2img images", "Paths")
-    outdir_txt2img_grids: str = opt("outputs/txt2img-grids", "Output directory for txt2img grids", "Paths")
-    outdir_save: str = opt("log/images", "Directory for saving images using the Save button", "Paths")
+    outdir_img2img_samples: str = opt(
+        "outputs/img2img-images", "Output directory for img2img images", "Paths", folder=True
+    )
+    outdir_img2img_grids: str = opt("outputs/img2img-grids", "Output directory for img2img grids", "Paths", folder=True)
+    outdir_txt2img_samples: str = opt(
+        "outputs/txt2img-images", "Output directory for txt2img images", "Paths", folder=True
+    )
+    outdir_txt2img_grids: str = opt("outputs/txt2img-grids", "Output directory for txt2img grids", "Paths", folder=True)
+    outdir_save: str = opt("log/images", "Directory for saving images using the Save button", "Paths", folder=True)
     # model
     sd_model_checkpoint: str = opt("", "Stable Diffusion checkpoint", "Stable Diffusion")
     sd_checkpoints_limit: int = opt(
@@ -56,16 +62,30 @@ class Settings:
     eta_ddim: float = opt(0.0, "Eta for DDIM", "Sampler parameters", minimum=0.0, maximum=1.0)
     img2img_fix_steps: bool = opt(False, "With img2img, do exactly the amount of steps the slider specifies", "img2img")
     initial_noise_multiplier: float = opt(1.0, "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5)
-    img2img_background_color: str = opt("#ffffff", "Fill colour for transparent parts of the input image", "img2img")
+    img2img_background_color: str = opt(
+        "#ffffff", "Fill colour for transparent parts of the input image", "img2img", color=True
+    )
     depth_cache_size: int = opt(
         16, "Depth maps kept in memory (per image and model)", "img2img", minimum=0, maximum=256
     )
     # optimizations (measured in BENCHMARKS.md)
-    opt_channels_last: bool = opt(True, "Channels-last memory format for the UNet and VAE (faster; last-bit differences)", "Optimizations")
+    opt_channels_last: bool = opt(
+        True, "Channels-last memory format for the UNet and VAE (faster; last-bit differences)", "Optimizations"
+    )
     opt_torch_compile: bool = opt(False, "torch.compile the UNet (slow first run at each size)", "Optimizations")
-    token_merging_ratio: float = opt(0.0, "Token merging ratio (tomesd; lossy, faster at large sizes)", "Optimizations", minimum=0.0, maximum=0.9)
-    s_min_uncond: float = opt(0.0, "Negative guidance minimum sigma (skip the negative prompt below it; lossy)", "Optimizations", minimum=0.0, maximum=15.0)
-    cpu_bf16_autocast: bool = opt(False, "bfloat16 autocast for the UNet on CPU (lossy; fast only with AVX-512 BF16/AMX)", "Optimizations")
+    token_merging_ratio: float = opt(
+        0.0, "Token merging ratio (tomesd; lossy, faster at large sizes)", "Optimizations", minimum=0.0, maximum=0.9
+    )
+    s_min_uncond: float = opt(
+        0.0,
+        "Negative guidance minimum sigma (skip the negative prompt below it; lossy)",
+        "Optimizations",
+        minimum=0.0,
+        maximum=15.0,
+    )
+    cpu_bf16_autocast: bool = opt(
+        False, "bfloat16 autocast for the UNet on CPU (lossy; fast only with AVX-512 BF16/AMX)", "Optimizations"
+    )
     # limits
     max_output_pixels: int = opt(
         2048 * 2048, "Largest output image, in pixels (width x height)", "Limits", minimum=64 * 64
@@ -151,6 +171,11 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValidationError(name, f"expected a list of names, got {value!r}")
         value = list(value)
+    if meta.get("color"):
+        try:
+            ImageColor.getrgb(value)
+        except ValueError as e:
+            raise ValidationError(name, f"{value!r} is not a colour (use e.g. #ffffff or white)") from e
     if "choices" in meta and value not in meta["choices"]:
         raise ValidationError(name, f"{value!r} is not one of {', '.join(map(str, meta['choices']))}")
     if "minimum" in meta and value < meta["minimum"]:
@@ -158,3 +183,29 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if "maximum" in meta and value > meta["maximum"]:
         raise ValidationError(name, f"{value} is above the maximum {meta['maximum']}")
     return value
+
+
+def check_request_folders(values: dict[str, Any]) -> None:
+    """Folder options sent by the UI or the API must stay inside the data folder (names, never other paths).
+
+    Only config.json, edited by the owner of the machine, may point them elsewhere.
+    """
+    for f in fields(Settings):
+        value = (values or {}).get(f.name)
+        if not f.metadata.get("folder") or not isinstance(value, str):
+            continue
+        parts = value.replace("\\", "/").split("/")
+        if (
+            not value.strip()
+            or PurePosixPath(value).is_absolute()
+            or PureWindowsPath(value).is_absolute()
+            or PureWindowsPath(value).drive
+            or value.startswith("~")
+            or ".." in parts
+            or "\0" in value
+        ):
+            raise ValidationError(
+                f.name,
+                f"{value!r} is not a folder inside the data folder: give a relative path such as "
+                f"{f.default!r} (other places can be set in config.json by the machine's owner)",
+            )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings as hypothesis_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -16,6 +18,11 @@ if str(ROOT) not in sys.path:
 from tests.ldm_layout import TinyCheckpoint, write_checkpoint  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Property tests explore a fixed sequence of examples, so CI is reproducible; set HYPOTHESIS_PROFILE=explore
+# to search afresh (random examples) while hunting bugs.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 for noisy in ("diffusers", "transformers"):
     logging.getLogger(noisy).setLevel(logging.ERROR)
 

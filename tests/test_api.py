@@ -735,20 +735,25 @@ def _stub_app(**flags):
             raise RuntimeError("boom\nsecond line")
 
     app = FastAPI()
-    app.add_api_route("/ui-upload", lambda: {"ok": True}, methods=["POST"])
+    ui = FastAPI()  # stands in for the Gradio app mounted at "/" (it has its own log-in)
+    ui.add_api_route("/upload", lambda: {"ok": True}, methods=["POST"])
+    app.add_api_route("/extension-route", lambda: {"ok": True}, methods=["GET"])
+    app.mount("/ui", ui)
     argv = ["--nowebui"] + [x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", v)]
     mount_api(app, StubService(), cmd_args.parse_args(argv))
     return app
 
 
 def test_mount_api_leaves_other_paths_alone():
-    """Auth and the body limit are for the API; other routes on the app (the web UI) keep their own rules."""
+    """The body limit is for the API, auth for all but the mounted web UI, which keeps its own rules."""
     from fastapi.testclient import TestClient
 
     with TestClient(_stub_app(api_auth="a:b", max_body_mb="0.01")) as c:
-        r = c.post("/ui-upload", content=b"x" * 50_000)
+        r = c.post("/ui/upload", content=b"x" * 50_000)
         assert r.status_code == 200 and "x-process-time" in r.headers
         assert c.post("/sdapi/v1/interrupt").status_code == 401
+        assert c.get("/extension-route").status_code == 401  # routes outside the UI need the log-in too
+        assert c.get("/extension-route", auth=("a", "b")).json() == {"ok": True}
 
 
 def test_unexpected_errors_are_a_short_json_500_and_logged(caplog):

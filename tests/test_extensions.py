@@ -162,7 +162,12 @@ def test_quoted_values_keep_commas():
 def test_xyz_grid_over_checkpoints_and_strengths(tmp_path, models):
     reg = ExtensionRegistry.load([BUILTIN_DIR])
     ctx = ctx_with(models, reg, tmp_path)
-    args = {"x_type": "Denoising", "x_values": "0.4,0.7,1.0", "y_type": "Checkpoint name", "y_values": "a-depth,b-depth"}
+    args = {
+        "x_type": "Denoising",
+        "x_values": "0.4,0.7,1.0",
+        "y_type": "Checkpoint name",
+        "y_values": "a-depth,b-depth",
+    }
     r = process(req(script_name="X/Y/Z plot", script_args=args, save_images=True), ctx)
     assert len(r.images) == 1 + 6 and len(r.infotexts) == 7
     assert ctx.models.current.info.name == "a-depth.safetensors"  # restored after the plot
@@ -182,7 +187,9 @@ def test_xyz_grid_over_checkpoints_and_strengths(tmp_path, models):
     for k, (name, strength) in enumerate((n, s) for n in ("a-depth", "b-depth") for s in (0.4, 0.7, 1.0)):
         single = process(req(denoising_strength=strength, override_settings={"sd_model_checkpoint": name}), ctx)
         assert np.array_equal(cells[k], single.images[0]), (name, strength)
-        assert np.array_equal(r.grid[top + (k // 3) * H : top + (k // 3 + 1) * H, left + (k % 3) * W :][:, :W], cells[k])
+        assert np.array_equal(
+            r.grid[top + (k // 3) * H : top + (k // 3 + 1) * H, left + (k % 3) * W :][:, :W], cells[k]
+        )
         assert f"Denoising strength: {strength:g}" in r.infotexts[1 + k] and f"Model: {name}" in r.infotexts[1 + k]
     grids = list((tmp_path / "outputs" / "img2img-grids").rglob("*-grid.png"))
     assert grids and Image.open(grids[0]).size == (r.grid.shape[1], r.grid.shape[0])

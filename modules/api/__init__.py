@@ -13,26 +13,34 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from modules.cmd_args import parse_auth
 from modules.service import Service
 
 from .middleware import ApiGuard
-from .routes import build_router
+from .routes import build_router, validation_error
 
 log = logging.getLogger(__name__)
 
-__all__ = ["mount_api"]
+__all__ = ["guard_app", "mount_api"]
 
 
 def mount_api(app: FastAPI, service: Service, args: Any) -> None:
     """Add the /sdapi/v1 routes, HTTP Basic auth (--api-auth), the body limit (--max-body-mb) and timing."""
-    credentials = parse_auth(getattr(args, "api_auth", None))
-    max_body = int(float(getattr(args, "max_body_mb", 64.0)) * 2**20)
     app.include_router(build_router(service, args))
-    app.add_middleware(ApiGuard, credentials=credentials, max_body_bytes=max_body)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    credentials, max_body = guard_app(app, args)
     log.info(
         "API at /sdapi/v1 (docs at /docs)%s; request bodies up to %g MiB",
         f", HTTP Basic auth for {len(credentials)} user(s)" if credentials else "",
         max_body / 2**20,
     )
+
+
+def guard_app(app: FastAPI, args: Any) -> tuple[dict[str, str], int]:
+    """HTTP Basic auth for every route the web UI does not serve, the API's body limit, and timing."""
+    credentials = parse_auth(getattr(args, "api_auth", None))
+    max_body = int(float(getattr(args, "max_body_mb", 64.0)) * 2**20)
+    app.add_middleware(ApiGuard, credentials=credentials, max_body_bytes=max_body, router=app.router)
+    return credentials, max_body

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from modules import depth, images, infotext, samplers
 from modules.errors import UserError, ValidationError
 from modules.request import GenerationRequest, GenerationResult
-from modules.settings import Settings
+from modules.settings import Settings, check_request_folders
 
 from .models import API_NAMES, BOOL_ENUMS, ENUM_FIELDS, INDIRECT_FIELDS
 
@@ -90,6 +90,27 @@ def encode_png_base64(arr: np.ndarray, infotext_text: str | None = None) -> str:
 def encode_depth_base64(depth01: np.ndarray) -> str:
     """float [0, 1] depth -> base64 16-bit grayscale PNG."""
     return base64.b64encode(depth.depth_png16(depth01)).decode("ascii")
+
+
+# --- text -----------------------------------------------------------------------------------------
+
+
+def check_unicode(value: Any, field: str) -> None:
+    """Refuse text that cannot be encoded: an unpaired surrogate ("\\ud800" is valid JSON), anywhere in `value`."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValidationError(
+                field, f"contains an unpaired surrogate (invalid Unicode) at position {e.start}"
+            ) from e
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_unicode(key, field)
+            check_unicode(item, f"{field}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_unicode(item, f"{field}[{i}]")
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -182,6 +203,7 @@ def check_override_settings(values: dict[str, Any], settings: Settings, warnings
     if "sd_model_checkpoint" in kept:
         check_checkpoint_name(kept["sd_model_checkpoint"], "override_settings.sd_model_checkpoint")
     try:
+        check_request_folders(kept)
         settings.override(kept)
     except ValidationError as e:
         raise ValidationError(f"override_settings.{e.field}", e.message) from e

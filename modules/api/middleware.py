@@ -1,9 +1,10 @@
 """ASGI middleware for the API: X-Process-Time, HTTP Basic auth and the request-body limit.
 
-Auth and the body limit apply to the API's paths only (``/sdapi/``, and the OpenAPI docs when
-auth is on); the web UI mounted on the same app has its own log-in (``--gradio-auth``).  The body
-is read (and counted) here before the route sees it, so an oversized upload is refused with a
-JSON 413 whether or not the client sent a Content-Length.
+With credentials, auth applies to every request the web UI does not serve: the API (``/sdapi/``),
+the OpenAPI docs, routes extensions add, unknown paths.  The web UI, mounted at "/" on the same
+app, has its own log-in (``--gradio-auth``, which defaults to the same credentials).  The body
+limit applies to the API's paths; the body is read (and counted) here before the route sees it, so
+an oversized upload is refused with a JSON 413 whether or not the client sent a Content-Length.
 """
 
 from __future__ import annotations
@@ -11,23 +12,29 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 import time
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 API_PREFIX = "/sdapi/"
 DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
+# Gradio embeds its API description (every endpoint, control label, checkpoint title) in the page even when
+# it only shows the log-in form; the front end fetches it from /gradio_api/info (log-in required) when absent.
+_EMBEDDED_API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
 
 
 class ApiGuard:
-    """Times every response; on API paths checks credentials and the body size before the route runs."""
+    """Times every response; checks credentials outside the web UI and the body size on API paths."""
 
-    def __init__(self, app: ASGIApp, *, credentials: dict[str, str], max_body_bytes: int):
+    def __init__(self, app: ASGIApp, *, credentials: dict[str, str], max_body_bytes: int, router: Router | None = None):
         self.app = app
         self.credentials = [(u.encode(), p.encode()) for u, p in credentials.items()]
         self.max_body_bytes = max_body_bytes
+        self.router = router  # the app's routes: what a Mount (the web UI) serves keeps the UI's own log-in
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,18 +49,55 @@ class ApiGuard:
 
         path = scope.get("path", "")
         is_api = path.startswith(API_PREFIX)
-        is_docs = path.startswith(DOCS_PATHS)
-        if self.credentials and (is_api or is_docs) and not self._authorized(scope):
+        if self.credentials and self._guarded(scope) and not self._authorized(scope):
             await _json(timed_send, 401, "Incorrect or missing username and password (HTTP Basic auth)",
                         "Unauthorized", {"WWW-Authenticate": 'Basic realm="sdapi"'})  # fmt: skip
             return
         if not is_api:
+            if self.credentials and path == "/" and scope.get("method") == "GET":
+                await self._page_without_api_info(scope, receive, timed_send)
+                return
             await self.app(scope, receive, timed_send)
             return
         body = await self._read_body(scope, receive, timed_send)
         if body is None:
             return
         await self.app(scope, _replay(body, receive), timed_send)
+
+    async def _page_without_api_info(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The web UI's page with the embedded API description left out (uncompressed, to edit it)."""
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"accept-encoding"]
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def edited(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = _EMBEDDED_API_INFO.sub(b"window.gradio_api_info = null;</script>", b"".join(chunks))
+            MutableHeaders(scope=start)["content-length"] = str(len(body))
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(dict(scope, headers=headers), receive, edited)
+
+    def _guarded(self, scope: Scope) -> bool:
+        """Everything but what the mounted web UI serves (the first full route match is a Mount)."""
+        path = scope.get("path", "")
+        if path.startswith(API_PREFIX) or path.startswith(DOCS_PATHS) or self.router is None:
+            return True
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return not isinstance(route, Mount)
+        return True
 
     def _authorized(self, scope: Scope) -> bool:
         """HTTP Basic credentials, compared in constant time against every configured user."""

@@ -9,12 +9,15 @@ they answer while jobs run even when every pool thread is waiting on one.
 from __future__ import annotations
 
 import io
+import json
 import logging
+import math
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -69,8 +72,32 @@ class ApiRoute(APIRoute):
         return guarded
 
 
+class ApiJSONResponse(JSONResponse):
+    """JSON with non-ASCII characters escaped: text from a request may hold an unpaired surrogate ("\\ud800"
+    is valid JSON), which cannot be encoded as UTF-8 but can be sent back escaped."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(status: int, detail: str, error: str) -> JSONResponse:
-    return JSONResponse({"detail": detail, "error": error}, status_code=status)
+    return ApiJSONResponse({"detail": detail, "error": error}, status_code=status)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for a malformed body, rendered so that any value it quotes can be sent back."""
+    return ApiJSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (which a request may carry, and JSON cannot) as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 409, 422, 500)}
@@ -78,7 +105,8 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 409, 422, 500)}
 
 def build_router(service: Service, args: Any) -> APIRouter:
     """All /sdapi/v1 routes bound to `service`."""
-    router = APIRouter(prefix="/sdapi/v1", route_class=ApiRoute, tags=["sdapi"], responses=_ERRORS)
+    router = APIRouter(prefix="/sdapi/v1", route_class=ApiRoute, tags=["sdapi"], responses=_ERRORS,
+                       default_response_class=ApiJSONResponse)  # fmt: skip
     api = Api(service, args)
     add = router.add_api_route
     add("/txt2img", api.txt2img, methods=["POST"], response_model=ImageResponse)
@@ -124,6 +152,8 @@ class Api:
 
     def _generate(self, body: Img2ImgRequest | Txt2ImgRequest, *, img2img: bool) -> dict[str, Any]:
         """Check and translate the request (refusals before queueing), run it on the worker, answer as A1111."""
+        for name, value in body.model_dump().items():
+            convert.check_unicode(value, name)
         warnings = self._request_warnings(body)
         convert.apply_infotext(body, warnings, self._known_checkpoint)
         overrides = convert.check_override_settings(body.override_settings, self.service.settings, warnings)
@@ -219,6 +249,7 @@ class Api:
 
     def set_options(self, body: Annotated[dict[str, Any], Body()]) -> None:
         """Validate and apply options (persisted); ``sd_model_checkpoint`` switches the model."""
+        convert.check_unicode(body, "options")
         known = set(Settings.field_names())
         unknown = sorted(set(body) - known)
         if unknown:

@@ -143,18 +143,77 @@ def _run_script(request: GenerationRequest, ctx: ProcessingContext, settings: Se
     return _with_checkpoint(request, ctx, lambda _loaded: script.run(inner, dict(request.script_args), runner))
 
 
+@dataclass
+class Job:
+    """One request being run: what every batch of it shares."""
+
+    ctx: ProcessingContext
+    loaded: LoadedModel
+    request: GenerationRequest
+    settings: Settings
+    spec: samplers.SamplerSpec
+    schedule: str
+    prepared: list[PreparedImage]
+    user_depth: np.ndarray | None
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    result: GenerationResult
+    depth_label: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    def timed(self, stage: str, fn, *args):
+        """Run fn(*args), adding its seconds to `stage`."""
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+        return out
+
+
 def _process_with(request, ctx, settings, spec, schedule, loaded, t_start) -> GenerationResult:
+    job = _start_job(request, ctx, settings, spec, schedule, loaded)
+    seed = request.seed if request.seed != -1 else random_seed()
+    subseed = request.subseed if request.subseed != -1 else random_seed()
+    ctx.control.begin(
+        request.batch_size * request.n_iter, request.steps, "img2img" if request.is_img2img else "txt2img"
+    )
+    for batch_no in range(request.n_iter):
+        if ctx.control.interrupted:
+            break
+        first = batch_no * request.batch_size
+        idx = list(range(first, first + request.batch_size))
+        seeds, subseeds = [seed + i for i in idx], [subseed + i for i in idx]
+        ctx.control.begin_batch(first, request.steps)
+        batch = run_batch(job, idx, seeds, subseeds)
+        if batch is None:
+            continue  # skipped
+        imgs, depth_maps, stopped = batch
+        _collect(job, idx, seeds, subseeds, imgs, depth_maps)
+        ctx.control.finish_batch(first + len(imgs))
+        if stopped == "interrupt":
+            break
+    result = job.result
+    result.interrupted = ctx.control.interrupted
+    _save_grid(result, request, settings, ctx.data_dir)
+    result.warnings.extend(ctx.hooks.take_warnings())
+    job.timings["total"] = time.perf_counter() - t_start
+    result.timings = job.timings
+    return result
+
+
+def _start_job(request, ctx, settings, spec, schedule, loaded) -> Job:
+    """Steps 3 and 5: prepared init images and user depth map, and the (cached) prompt conditioning."""
     model = loaded.model
     if model.is_depth and not request.is_img2img and request.depth_map is None:
         raise UserError("the depth model needs an input image or a depth map")
-
-    # 3. init images and masks
     prepared = [prepare_image(request, data, i, settings) for i, data in enumerate(request.init_images)]
     user_depth = _user_depth(request, settings) if request.depth_map is not None and model.is_depth else None
     for p in prepared:
         if user_depth is not None:
             p.depth_map = transform_like(user_depth, request, p)
-
     result = GenerationResult(
         model_name=Path(loaded.info.name).stem,
         model_hash=loaded.info.shorthash or "",
@@ -162,67 +221,43 @@ def _process_with(request, ctx, settings, spec, schedule, loaded, t_start) -> Ge
         height=request.height,
         job_timestamp=ctx.control.state.job_timestamp,
     )
-    count = request.batch_size * request.n_iter
-    seed = request.seed if request.seed != -1 else random_seed()
-    subseed = request.subseed if request.subseed != -1 else random_seed()
-    clip_skip = settings.CLIP_stop_at_last_layers
-    ctx.control.begin(count, request.steps, "img2img" if request.is_img2img else "txt2img")
+    depth_label = ("uploaded map" if user_depth is not None else "MiDaS") if model.is_depth else None
+    job = Job(ctx, loaded, request, settings, spec, schedule, prepared, user_depth, None, None, result, depth_label)
+    job.cond, job.uncond = job.timed("text", _prompt_conditioning, job)
+    return job
 
-    # 5. prompts (cached per model and prompt)
-    cond_args = {"clip_skip": clip_skip, "emphasis": settings.emphasis, "backtrack": settings.comma_padding_backtrack}
-    cond = ctx.conditioning.get(loaded.key, model, request.prompt, **cond_args)
-    uncond = ctx.conditioning.get(loaded.key, model, request.negative_prompt, **cond_args)
-    empty = ctx.conditioning.get(loaded.key, model, "", **cond_args)
-    cond, uncond = pad_to_same_length(cond, uncond, empty)
 
-    depth_label = None
-    if model.is_depth:
-        depth_label = "uploaded map" if user_depth is not None else "MiDaS"
-    timings: dict[str, float] = {}
-    for batch_no in range(request.n_iter):
-        if ctx.control.interrupted:
-            break
-        first = batch_no * request.batch_size
-        idx = list(range(first, first + request.batch_size))
-        seeds = [seed + i for i in idx]
-        subseeds = [subseed + i for i in idx]
-        ctx.control.begin_batch(first, request.steps)
-        batch = run_batch(ctx, loaded, request, settings, spec, schedule, prepared, user_depth, idx, seeds, subseeds,
-                          cond, uncond, timings)  # fmt: skip
-        if batch is None:
-            continue  # skipped
-        imgs, depth_maps, stopped = batch
-        for j, (img, dmap) in enumerate(zip(imgs, depth_maps, strict=True)):
-            k = idx[j]
-            info = ImageInfo(img, k, seeds[j], request.prompt, request, dmap)
-            replaced = ctx.hooks.after_image(info)
-            img = info.image if replaced is None else replaced
-            text = infotext.build(
-                request, prompt=request.prompt, negative_prompt=request.negative_prompt, seed=seeds[j],
-                subseed=subseeds[j], sampler=spec.name, schedule=schedule, model_name=result.model_name,
-                model_hash=result.model_hash or None, clip_skip=clip_skip, depth_source=depth_label,
-                extra=ctx.hooks.infotext_fields(request),
-            )  # fmt: skip
-            result.images.append(img)
-            result.infotexts.append(text)
-            result.seeds.append(seeds[j])
-            result.subseeds.append(subseeds[j])
-            result.prompts.append(request.prompt)
-            result.negative_prompts.append(request.negative_prompt)
-            if dmap is not None:
-                result.depth_maps.append(dmap)
-            _save(result, request, settings, ctx.data_dir, img, dmap, seeds[j], text)
-        ctx.control.finish_batch(first + len(imgs))
-        if stopped == "interrupt":
-            result.interrupted = True
-            break
-    if ctx.control.interrupted:
-        result.interrupted = True
-    _save_grid(result, request, settings, ctx.data_dir)
-    result.warnings.extend(ctx.hooks.take_warnings())
-    timings["total"] = time.perf_counter() - t_start
-    result.timings = timings
-    return result
+def _prompt_conditioning(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt and negative prompt contexts (cached per model and text), padded to the same length."""
+    s, cache, key = job.settings, job.ctx.conditioning, job.loaded.key
+    args = {"clip_skip": s.CLIP_stop_at_last_layers, "emphasis": s.emphasis, "backtrack": s.comma_padding_backtrack}
+    cond = cache.get(key, job.model, job.request.prompt, **args)
+    uncond = cache.get(key, job.model, job.request.negative_prompt, **args)
+    return pad_to_same_length(cond, uncond, cache.get(key, job.model, "", **args))
+
+
+def _collect(job: Job, idx: list[int], seeds: list[int], subseeds: list[int], imgs, depth_maps) -> None:
+    """Step 7 for one batch: after-image hooks, infotext, saving, into the result."""
+    request, result, hooks = job.request, job.result, job.ctx.hooks
+    for j, (img, dmap) in enumerate(zip(imgs, depth_maps, strict=True)):
+        info = ImageInfo(img, idx[j], seeds[j], request.prompt, request, dmap)
+        replaced = hooks.after_image(info)
+        img = info.image if replaced is None else replaced
+        text = infotext.build(
+            request, prompt=request.prompt, negative_prompt=request.negative_prompt, seed=seeds[j],
+            subseed=subseeds[j], sampler=job.spec.name, schedule=job.schedule, model_name=result.model_name,
+            model_hash=result.model_hash or None, clip_skip=job.settings.CLIP_stop_at_last_layers,
+            depth_source=job.depth_label, extra=hooks.infotext_fields(request),
+        )  # fmt: skip
+        result.images.append(img)
+        result.infotexts.append(text)
+        result.seeds.append(seeds[j])
+        result.subseeds.append(subseeds[j])
+        result.prompts.append(request.prompt)
+        result.negative_prompts.append(request.negative_prompt)
+        if dmap is not None:
+            result.depth_maps.append(dmap)
+        _save(result, request, job.settings, job.ctx.data_dir, img, dmap, seeds[j], text)
 
 
 # --- step 3: images ---------------------------------------------------------------------------------
@@ -322,84 +357,17 @@ def depth_for(ctx: ProcessingContext, loaded: LoadedModel, request: GenerationRe
 # --- step 6: one batch ------------------------------------------------------------------------------
 
 
-def run_batch(ctx, loaded, request, settings, spec, schedule, prepared, user_depth, idx, seeds, subseeds, cond, uncond,
-              timings):  # fmt: skip
-    """Generate the images at job indices `idx`; None when the user skipped the batch."""
-    model = loaded.model
-    device = model.device
-    scale = model.vae_scale
-    shape = (model.latent_channels, request.height // scale, request.width // scale)
-    resize_from = None
-    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
-        resize_from = (request.seed_resize_from_h // scale, request.seed_resize_from_w // scale)
-    noises, gens = zip(*(pipeline.image_noise(shape, s, ss, request.subseed_strength, resize_from)
-                         for s, ss in zip(seeds, subseeds, strict=True)), strict=True)  # fmt: skip
-    noise = torch.stack(noises).to(device)
-    preps = [prepared[i % len(prepared)] for i in idx] if prepared else [None] * len(idx)
-
-    t0 = time.perf_counter()
-    depth_cond, depth_display = None, [None] * len(idx)
-    if model.is_depth:
-        pairs = [depth_for(ctx, loaded, request, p, user_depth) for p in preps]
-        depth_cond = torch.cat([c for c, _ in pairs]).to(device)
-        depth_display = [d.numpy() for _, d in pairs]
-    timings["depth"] = timings.get("depth", 0.0) + time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    init = None
-    if request.is_img2img:
-        init = torch.cat([_encode(model, p) for p in preps]).to(device)
-    timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t0
-
-    scheduler = samplers.build_scheduler(spec, schedule, model.betas_f64, model.parameterization, seed=seeds[0])
-    total, run = pipeline.denoising_steps(request.steps, request.denoising_strength, img2img=request.is_img2img,
-                                          fix_steps=settings.img2img_fix_steps)  # fmt: skip
-    timesteps = pipeline.prepare_timesteps(scheduler, total, run, device) if run else torch.zeros(0)
-    from_noise = not request.is_img2img or request.denoising_strength >= 1.0
-
+def run_batch(job: Job, idx: list[int], seeds: list[int], subseeds: list[int]):
+    """Generate the images at job indices `idx`: (images, depth maps, why it stopped), None when skipped."""
+    request, model = job.request, job.model
+    preps = [job.prepared[i % len(job.prepared)] for i in idx] if job.prepared else [None] * len(idx)
+    noise, gens = _batch_noise(job, seeds, subseeds)
+    depth_cond, depth_display = job.timed("depth", _batch_depth, job, preps)
+    init = job.timed("encode", _batch_init, job, preps) if request.is_img2img else None
     inpaint = None
     if init is not None and preps[0].work_mask is not None:
-        lat_mask = torch.cat([masking.latent_mask(p.work_mask, shape[1:]) for p in preps]).to(device)
-        if request.inpainting_fill == MaskedContent.LATENT_NOISE:
-            init = init * (1 - lat_mask) + noise * lat_mask
-        elif request.inpainting_fill == MaskedContent.LATENT_NOTHING:
-            init = init * (1 - lat_mask)
-        inpaint = pipeline.Inpaint(init=init, mask=lat_mask, noise=noise)
-
-    multiplier = request.initial_noise_multiplier
-    if multiplier is None:
-        multiplier = settings.initial_noise_multiplier
-    latents = init if run == 0 else pipeline.initial_latents(scheduler, noise, init, timesteps, from_noise=from_noise,
-                                                            noise_multiplier=multiplier)  # fmt: skip
-    batch = len(idx)
-    guidance = pipeline.Guidance(
-        cond=cond.expand(batch, -1, -1).to(device),
-        uncond=uncond.expand(batch, -1, -1).to(device),
-        depth=depth_cond,
-        cfg_scale=request.cfg_scale,
-        s_min_uncond=settings.s_min_uncond,
-        autocast=torch.bfloat16 if settings.cpu_bf16_autocast and device.type == "cpu" else None,
-    )
-    eta = request.eta if request.eta is not None else (settings.eta_ddim if spec.uses_eta else None)
-    control = ctx.control
-    live = settings.live_previews_enable
-
-    def on_step(i, n, x, denoised, t):
-        step = StepInfo(i, n, t, x, denoised, idx[0] // request.batch_size, list(seeds), request.extension_args)
-        replaced = ctx.hooks.on_step(step)
-
-        def preview() -> np.ndarray:
-            return images.to_uint8(pipeline.cheap_preview(denoised if denoised is not None else x)[:1])[0]
-
-        return control.step(i, n, preview if live else None) or replaced
-
-    t0 = time.perf_counter()
-    stopped = None
-    if run:
-        latents, stopped = pipeline.denoise(model, scheduler, timesteps, latents, guidance, generators=list(gens),
-                                            eta=eta if spec.uses_eta else None, inpaint=inpaint,
-                                            callback=on_step)  # fmt: skip
-    timings["denoise"] = timings.get("denoise", 0.0) + time.perf_counter() - t0
+        init, inpaint = _latent_inpaint(job, preps, init, noise)
+    latents, stopped = job.timed("denoise", _denoise_batch, job, idx, seeds, noise, gens, init, inpaint, depth_cond)
     if stopped == "skip":
         return None
     if not torch.isfinite(latents).all():
@@ -407,13 +375,96 @@ def run_batch(ctx, loaded, request, settings, spec, schedule, prepared, user_dep
             "A tensor with all NaNs was produced. This happens with some models in half precision: "
             "restart with --no-half (or --precision full)."
         )
-    t0 = time.perf_counter()
-    decoded = model.decode_first_stage(latents)
-    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
-    out = []
-    for img, p in zip(images.to_uint8(decoded), preps, strict=True):
-        out.append(_finish(img, p))
-    return out, depth_display, stopped
+    decoded = job.timed("decode", model.decode_first_stage, latents)
+    return [_finish(img, p) for img, p in zip(images.to_uint8(decoded), preps, strict=True)], depth_display, stopped
+
+
+def _latent_shape(job: Job) -> tuple[int, int, int]:
+    scale = job.model.vae_scale
+    return job.model.latent_channels, job.request.height // scale, job.request.width // scale
+
+
+def _batch_noise(job: Job, seeds: list[int], subseeds: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Per-image seeded noise (A1111's convention) and the generators that go on drawing step noise."""
+    request, scale = job.request, job.model.vae_scale
+    resize_from = None
+    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+        resize_from = (request.seed_resize_from_h // scale, request.seed_resize_from_w // scale)
+    pairs = [
+        pipeline.image_noise(_latent_shape(job), s, ss, request.subseed_strength, resize_from)
+        for s, ss in zip(seeds, subseeds, strict=True)
+    ]
+    return torch.stack([n for n, _ in pairs]).to(job.model.device), [g for _, g in pairs]
+
+
+def _batch_depth(job: Job, preps: list) -> tuple[torch.Tensor | None, list]:
+    """The depth conditioning of the batch and the maps to show (None for models without depth)."""
+    if not job.model.is_depth:
+        return None, [None] * len(preps)
+    pairs = [depth_for(job.ctx, job.loaded, job.request, p, job.user_depth) for p in preps]
+    return torch.cat([c for c, _ in pairs]).to(job.model.device), [d.numpy() for _, d in pairs]
+
+
+def _batch_init(job: Job, preps: list[PreparedImage]) -> torch.Tensor:
+    return torch.cat([_encode(job.model, p) for p in preps]).to(job.model.device)
+
+
+def _latent_inpaint(job: Job, preps, init: torch.Tensor, noise: torch.Tensor):
+    """The latent mask (1 = regenerate) and the masked-content mode applied to the init latent."""
+    lat_mask = torch.cat([masking.latent_mask(p.work_mask, _latent_shape(job)[1:]) for p in preps])
+    lat_mask = lat_mask.to(job.model.device)
+    if job.request.inpainting_fill == MaskedContent.LATENT_NOISE:
+        init = init * (1 - lat_mask) + noise * lat_mask
+    elif job.request.inpainting_fill == MaskedContent.LATENT_NOTHING:
+        init = init * (1 - lat_mask)
+    return init, pipeline.Inpaint(init=init, mask=lat_mask, noise=noise)
+
+
+def _denoise_batch(job: Job, idx, seeds, noise, gens, init, inpaint, depth_cond):
+    """Scheduler and timesteps for the strength, the starting latents, then the sampling loop."""
+    request, settings, spec, model = job.request, job.settings, job.spec, job.model
+    device = model.device
+    scheduler = samplers.build_scheduler(spec, job.schedule, model.betas_f64, model.parameterization, seed=seeds[0])
+    total, run = pipeline.denoising_steps(request.steps, request.denoising_strength, img2img=request.is_img2img,
+                                          fix_steps=settings.img2img_fix_steps)  # fmt: skip
+    if run == 0:
+        return init, None
+    timesteps = pipeline.prepare_timesteps(scheduler, total, run, device)
+    multiplier = request.initial_noise_multiplier
+    if multiplier is None:
+        multiplier = settings.initial_noise_multiplier
+    from_noise = not request.is_img2img or request.denoising_strength >= 1.0
+    latents = pipeline.initial_latents(scheduler, noise, init, timesteps, from_noise=from_noise,
+                                       noise_multiplier=multiplier)  # fmt: skip
+    batch = len(idx)
+    guidance = pipeline.Guidance(
+        cond=job.cond.expand(batch, -1, -1).to(device),
+        uncond=job.uncond.expand(batch, -1, -1).to(device),
+        depth=depth_cond,
+        cfg_scale=request.cfg_scale,
+        s_min_uncond=settings.s_min_uncond,
+        autocast=torch.bfloat16 if settings.cpu_bf16_autocast and device.type == "cpu" else None,
+    )
+    eta = (request.eta if request.eta is not None else settings.eta_ddim) if spec.uses_eta else None
+    return pipeline.denoise(model, scheduler, timesteps, latents, guidance, generators=gens, eta=eta,
+                            inpaint=inpaint, callback=_step_callback(job, idx, seeds))  # fmt: skip
+
+
+def _step_callback(job: Job, idx: list[int], seeds: list[int]):
+    """Per step: extension hooks, progress, live preview, and the user's interrupt / skip."""
+    request, hooks, control = job.request, job.ctx.hooks, job.ctx.control
+    live = job.settings.live_previews_enable
+
+    def on_step(i, n, x, denoised, t):
+        step = StepInfo(i, n, t, x, denoised, idx[0] // request.batch_size, list(seeds), request.extension_args)
+        replaced = hooks.on_step(step)
+
+        def preview() -> np.ndarray:
+            return images.to_uint8(pipeline.cheap_preview(denoised if denoised is not None else x)[:1])[0]
+
+        return control.step(i, n, preview if live else None) or replaced
+
+    return on_step
 
 
 def _encode(model, p: PreparedImage) -> torch.Tensor:

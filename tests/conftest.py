@@ -75,3 +75,32 @@ def ldm_available():
     if oracle.ldm_root() is None:
         pytest.skip("the original ldm code (stable-diffusion-sdkit wheel) could not be downloaded")
     return True
+
+
+# --- fixtures over a test module's own `server` fixture (a tests.server.RunningServer) -----------------
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """An HTTP client for the server's /sdapi/v1 routes."""
+    import httpx
+
+    with httpx.Client(base_url=server.url + "/sdapi/v1", timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def titles(client) -> dict[str, str]:
+    """Checkpoint model name -> title, as /sd-models lists them."""
+    return {m["model_name"]: m["title"] for m in client.get("/sd-models").json()}
+
+
+@pytest.fixture()
+def depth_model_current(request):
+    """Start a test with the tiny depth checkpoint loaded (tests that switch models leave others loaded)."""
+    if "server" not in request.fixturenames:
+        return
+    service = request.getfixturevalue("server").app.service
+    current = service.current_checkpoint()
+    if current is None or current.model_name != "tiny-depth":
+        service.select_checkpoint("tiny-depth")

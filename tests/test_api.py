@@ -26,6 +26,8 @@ from modules.request import GenerationRequest
 from tests.ldm_layout import write_checkpoint
 from tests.server import populate, running_server
 
+pytestmark = pytest.mark.usefixtures("depth_model_current")  # tests start on the tiny depth model
+
 W, H = 96, 64
 A1111_INFO_KEYS = {
     "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed",
@@ -105,28 +107,6 @@ def data_dir(tmp_path_factory, depth_ckpt, sd2_ckpt) -> Path:
 def server(data_dir):
     with running_server(data_dir, "--nowebui") as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url + "/sdapi/v1", timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def titles(client) -> dict[str, str]:
-    return {m["model_name"]: m["title"] for m in client.get("/sd-models").json()}
-
-
-@pytest.fixture(autouse=True)
-def depth_model_current(request):
-    """Tests start with the depth checkpoint loaded (some switch models)."""
-    if "server" not in request.fixturenames:
-        return
-    service = request.getfixturevalue("server").app.service
-    current = service.current_checkpoint()
-    if current is None or current.model_name != "tiny-depth":
-        service.select_checkpoint("tiny-depth")
 
 
 # --- the schema cannot drift from GenerationRequest ----------------------------------------------

@@ -25,6 +25,18 @@ def model(depth_ckpt):
     return load_model(depth_ckpt.path)
 
 
+@pytest.fixture()
+def manager(tmp_path, depth_ckpt) -> ModelManager:
+    """A model manager over a folder holding the tiny depth checkpoint."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(depth_ckpt.path, folder)
+    shutil.copy(depth_ckpt.config_path, folder)
+    registry = CheckpointRegistry([folder], HashCache(None))
+    registry.refresh()
+    return ModelManager(registry, device=torch.device("cpu"), dtype=torch.float32)
+
+
 def unet_out(model):
     g = torch.Generator().manual_seed(0)
     x, d, c = (
@@ -52,15 +64,10 @@ def test_token_merging_changes_output_and_is_removable(model):
     assert torch.equal(unet_out(model), ref)
 
 
-def test_service_applies_options_on_load_and_on_change(tmp_path, depth_ckpt):
-    folder = tmp_path / "models"
-    folder.mkdir()
-    shutil.copy(depth_ckpt.path, folder)
-    shutil.copy(depth_ckpt.config_path, folder)
-    reg = CheckpointRegistry([folder], HashCache(None))
-    reg.refresh()
-    mm = ModelManager(reg, device=torch.device("cpu"), dtype=torch.float32)
-    service = Service(settings=Settings(), settings_path=None, registry=reg, models=mm, data_dir=tmp_path)
+def test_service_applies_options_on_load_and_on_change(tmp_path, manager, depth_ckpt):
+    service = Service(
+        settings=Settings(), settings_path=None, registry=manager.registry, models=manager, data_dir=tmp_path
+    )
     loaded = service.select_checkpoint(depth_ckpt.path.name)
     assert loaded.model.optimizations["channels_last"] is True
     service.update_settings({"opt_channels_last": False})
@@ -68,40 +75,26 @@ def test_service_applies_options_on_load_and_on_change(tmp_path, depth_ckpt):
     service.worker.stop()
 
 
-def test_negative_guidance_minimum_sigma_skips_uncond_passes(model, monkeypatch, tmp_path, depth_ckpt):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    shutil.copy(depth_ckpt.path, folder)
-    shutil.copy(depth_ckpt.config_path, folder)
-    reg = CheckpointRegistry([folder], HashCache(None))
-    reg.refresh()
-    mm = ModelManager(reg, device=torch.device("cpu"), dtype=torch.float32)
+def test_negative_guidance_minimum_sigma_skips_uncond_passes(manager, monkeypatch, tmp_path):
     batches = []
     real = pipeline._guided
     monkeypatch.setattr(pipeline, "_guided", lambda m, x, t, g, skip: batches.append(skip) or real(m, x, t, g, skip))
     req = dict(prompt="x", init_images=[png(picture())], width=W, height=H, steps=8, seed=1, save_images=False,
                denoising_strength=1.0)  # fmt: skip
-    ctx = ProcessingContext(mm, Settings(), tmp_path, hooks=Hooks(), control=JobControl())
+    ctx = ProcessingContext(manager, Settings(), tmp_path, hooks=Hooks(), control=JobControl())
     exact = process(GenerationRequest(**req), ctx)
     assert batches.count(True) == 0
     ctx = ProcessingContext(
-        mm, Settings().override({"s_min_uncond": 15.0}), tmp_path, hooks=Hooks(), control=JobControl()
+        manager, Settings().override({"s_min_uncond": 15.0}), tmp_path, hooks=Hooks(), control=JobControl()
     )
     fast = process(GenerationRequest(**req), ctx)
     assert batches.count(True) == 4  # every odd step of 8 is below sigma 15 (SD2 tops out at 14.6)
     assert not np.array_equal(exact.images[0], fast.images[0])
 
 
-def test_bf16_autocast_runs_on_cpu(tmp_path, depth_ckpt):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    shutil.copy(depth_ckpt.path, folder)
-    shutil.copy(depth_ckpt.config_path, folder)
-    reg = CheckpointRegistry([folder], HashCache(None))
-    reg.refresh()
-    mm = ModelManager(reg, device=torch.device("cpu"), dtype=torch.float32)
+def test_bf16_autocast_runs_on_cpu(manager, tmp_path):
     ctx = ProcessingContext(
-        mm, Settings().override({"cpu_bf16_autocast": True}), tmp_path, hooks=Hooks(), control=JobControl()
+        manager, Settings().override({"cpu_bf16_autocast": True}), tmp_path, hooks=Hooks(), control=JobControl()
     )
     r = process(GenerationRequest(prompt="x", init_images=[png(picture())], width=W, height=H, steps=3, seed=1,
                                   save_images=False), ctx)  # fmt: skip

@@ -289,12 +289,6 @@ def server(data_dir):
         yield srv
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url + "/sdapi/v1", timeout=120) as c:
-        yield c
-
-
 def body(**kw) -> dict:
     out = {"init_images": [b64(png_bytes(picture()))], "width": W, "height": H, "steps": 2, "seed": 3}
     out.update(kw)

@@ -37,6 +37,8 @@ from modules.ui import make_handlers
 from tests.server import free_port, populate, running_server
 from tests.test_ui import base_values
 
+pytestmark = pytest.mark.usefixtures("depth_model_current")  # tests start on the tiny depth model
+
 ROOT = Path(__file__).resolve().parent.parent
 W, H = 64, 64
 
@@ -121,25 +123,6 @@ def server(data_dir):
     with running_server(data_dir, "--api") as srv:
         srv.app.service.select_checkpoint("tiny-depth")
         yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url + "/sdapi/v1", timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def titles(client) -> dict[str, str]:
-    return {m["model_name"]: m["title"] for m in client.get("/sd-models").json()}
-
-
-@pytest.fixture(autouse=True)
-def depth_model_current(request):
-    if "server" in request.fixturenames:
-        service = request.getfixturevalue("server").app.service
-        if service.current_checkpoint() is None or service.current_checkpoint().model_name != "tiny-depth":
-            service.select_checkpoint("tiny-depth")
 
 
 class ProgressWatch(threading.Thread):

@@ -324,7 +324,10 @@ def test_settings_are_applied_and_saved(page, server, data_dir):
     box.check()
     open_tab(page, "Limits")
     number = scope.get_by_label("Most images one request may make (batch count x batch size)")
+    expect(number).to_have_value("64")  # the lazily mounted tab has its value before we type
     number.fill("0")
+    number.press("Tab")
+    expect(number).to_have_value("0")
     scope.locator("#settings_submit").click()
     expect(page.locator("#settings_result .sd-status-error")).to_contain_text("max_batch_images")
     assert server.app.service.settings.samples_save is False

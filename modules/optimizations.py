@@ -1,8 +1,10 @@
 """Speed options applied to a loaded model, each measured in benchmarks/ (BENCHMARKS.md).
 
 Model-level (applied when a model is loaded and when the settings change):
-* ``opt_channels_last``: UNet and VAE in channels-last memory format (oneDNN's fast convolution
-  layout on CPU, tensor cores' on GPU); results change only in the last float bits. On by default.
+* ``opt_channels_last``: UNet and VAE in channels-last memory format (the layout GPU tensor cores
+  want); results change only in the last float bits. Off by default: on a 2-core AVX2 CPU it measured
+  no faster, and converting weights that are memory-mapped from a ``.safetensors`` file keeps the
+  file's pages resident beside the converted copies (+2.4 GB for the full-size model).
 * ``opt_torch_compile``: ``torch.compile`` the UNet (slow first run, recompiles per resolution).
 * ``token_merging_ratio``: token merging (the ``tomesd`` package) in the UNet's self-attention; lossy.
 Per job (see ``pipeline.Guidance``): ``s_min_uncond`` (A1111's negative guidance minimum sigma)
@@ -33,6 +35,8 @@ def apply(model: StableDiffusionModel, settings: Any) -> dict[str, Any]:
     """Bring the model's optimisations in line with `settings` (idempotent); returns what is applied."""
     target = wanted(settings)
     current = model.optimizations
+    for key, off in (("channels_last", False), ("tome", 0.0), ("compile", False)):
+        current.setdefault(key, off)  # a freshly loaded model has none of them
     if target["channels_last"] != current.get("channels_last", False):
         fmt = torch.channels_last if target["channels_last"] else torch.contiguous_format
         model.unet.to(memory_format=fmt)

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 
 class DepthCache:
-    """MiDaS results per (model, image, size): re-runs with a new seed or prompt skip MiDaS entirely."""
+    """MiDaS results and init latents per (model, image, size): re-runs with a new seed, prompt or
+    strength skip MiDaS and the VAE encoder entirely."""
 
     def __init__(self, size: int = 16):
         self.size = size
@@ -406,7 +407,17 @@ def _batch_depth(job: Job, preps: list) -> tuple[torch.Tensor | None, list]:
 
 
 def _batch_init(job: Job, preps: list[PreparedImage]) -> torch.Tensor:
-    return torch.cat([_encode(job.model, p) for p in preps]).to(job.model.device)
+    return torch.cat([_cached_init_latent(job, p) for p in preps]).to(job.model.device)
+
+
+def _cached_init_latent(job: Job, p: PreparedImage) -> torch.Tensor:
+    """The init latent is the VAE posterior's mean: exact to reuse for the same image and model, so
+    re-runs with a new seed, prompt or strength (and later batches of one job) skip the VAE encoder."""
+    source = p.latent_source if p.latent_source is not None else p.work
+    pixels = np.ascontiguousarray(np.asarray(source))
+    key = ("init-latent", job.loaded.key, tuple(sorted(job.model.optimizations.items())), pixels.shape,
+           hashlib.sha256(pixels.tobytes()).hexdigest(), (p.work.height, p.work.width))  # fmt: skip
+    return job.ctx.depth_cache.get_or_compute(key, lambda: _encode(job.model, p).cpu())
 
 
 def _latent_inpaint(job: Job, preps, init: torch.Tensor, noise: torch.Tensor):

@@ -66,11 +66,13 @@ class Settings:
         "#ffffff", "Fill colour for transparent parts of the input image", "img2img", color=True
     )
     depth_cache_size: int = opt(
-        16, "Depth maps kept in memory (per image and model)", "img2img", minimum=0, maximum=256
+        16, "Depth maps and init latents kept in memory (per image and model)", "img2img", minimum=0, maximum=256
     )
     # optimizations (measured in BENCHMARKS.md)
     opt_channels_last: bool = opt(
-        True, "Channels-last memory format for the UNet and VAE (faster; last-bit differences)", "Optimizations"
+        False,
+        "Channels-last memory format for the UNet and VAE (for GPUs; on CPU no faster and +2.4 GB RAM)",
+        "Optimizations",
     )
     opt_torch_compile: bool = opt(False, "torch.compile the UNet (slow first run at each size)", "Optimizations")
     token_merging_ratio: float = opt(

@@ -183,17 +183,21 @@ def test_txt2img_and_v_prediction_base_models(env):
     assert ctx.models.current.info.name.startswith("tiny-depth")  # restored afterwards
 
 
-def test_caches_skip_midas_and_text_encoder_on_rerun(env, monkeypatch):
+def test_caches_skip_midas_text_encoder_and_vae_encoder_on_rerun(env, monkeypatch):
     ctx = make_ctx(env)
     model = ctx.models.current.model
     process(req(prompt="cache me", seed=1), ctx)
-    midas, text = [], []
+    fresh = [process(req(prompt="cache me", seed=s, denoising_strength=d), make_ctx(env)).images[0]
+             for s, d in ((2, 0.75), (3, 0.5))]  # fmt: skip
+    midas, text, vae = [], [], []
     real_midas = depth.midas_depth
     monkeypatch.setattr(depth, "midas_depth", lambda *a, **k: midas.append(1) or real_midas(*a, **k))
     monkeypatch.setattr(model, "encode_tokens", lambda *a, **k: text.append(1) / 0)
-    process(req(prompt="cache me", seed=2), ctx)  # new seed: nothing recomputed
-    process(req(prompt="cache me", seed=3, denoising_strength=0.5), ctx)  # new strength: likewise
-    assert midas == [] and text == []
+    monkeypatch.setattr(model, "encode_first_stage", lambda *a, **k: vae.append(1) / 0)
+    again = process(req(prompt="cache me", seed=2), ctx).images[0]  # new seed: nothing recomputed
+    lower = process(req(prompt="cache me", seed=3, denoising_strength=0.5), ctx).images[0]  # new strength: likewise
+    assert midas == [] and text == [] and vae == []
+    assert np.array_equal(again, fresh[0]) and np.array_equal(lower, fresh[1])  # the caches are exact
 
 
 def test_inpainting_keeps_unmasked_pixels(env):
@@ -386,4 +390,6 @@ def test_depth_cache_is_keyed_by_image(env):
     before = processing_cache.misses
     process(req(init_images=[png(picture(20))]), ctx)
     process(req(init_images=[png(picture(21))]), ctx)
-    assert processing_cache.misses == before + 2
+    assert processing_cache.misses == before + 4  # a depth map and an init latent for each image
+    process(req(init_images=[png(picture(21))], seed=5), ctx)
+    assert processing_cache.misses == before + 4

@@ -69,9 +69,10 @@ def test_service_applies_options_on_load_and_on_change(tmp_path, manager, depth_
         settings=Settings(), settings_path=None, registry=manager.registry, models=manager, data_dir=tmp_path
     )
     loaded = service.select_checkpoint(depth_ckpt.path.name)
+    assert loaded.model.optimizations["channels_last"] is False  # the default
+    service.update_settings({"opt_channels_last": True})
     assert loaded.model.optimizations["channels_last"] is True
-    service.update_settings({"opt_channels_last": False})
-    assert loaded.model.optimizations["channels_last"] is False
+    assert loaded.model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     service.worker.stop()
 
 

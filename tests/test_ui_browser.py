@@ -27,6 +27,7 @@ TIMEOUT_MS = 60_000
 
 try:
     from playwright.sync_api import Locator, Page, expect, sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 except ImportError:  # the browser tests need the playwright package
     sync_playwright = None
 
@@ -169,8 +170,7 @@ def test_no_checkpoint_then_copy_refresh_and_select(page, server, data_dir, dept
     expect(notice).to_be_hidden()
 
     dropdown = page.get_by_label("Stable Diffusion checkpoint")
-    dropdown.click()
-    page.get_by_role("option", name=re.compile(r"^tiny-depth\.safetensors")).click()
+    choose(page, dropdown, re.compile(r"^tiny-depth\.safetensors"))
     expect(status).to_contain_text(re.compile(r"Loaded tiny-depth\.safetensors \[[0-9a-f]{10}\] in \d+\.\ds"))
     assert server.app.service.current_checkpoint().model_name == "tiny-depth"
 
@@ -351,10 +351,19 @@ def gallery_images(page: Page, tab: str, count: int) -> list[Locator]:
     return list(by_src.values())
 
 
-def choose(page: Page, dropdown: Locator, option: str) -> None:
-    """Pick `option` in a Gradio dropdown as a user does (open it, click the option)."""
-    dropdown.click()
-    page.get_by_role("option", name=option, exact=True).click()
+def choose(page: Page, dropdown: Locator, option: str | re.Pattern) -> None:
+    """Pick `option` in a Gradio dropdown as a user does: open it, click the option. A list opened while
+    the page was still applying new choices (a busy machine) is closed and opened again, as a user would."""
+    item = page.get_by_role("option", name=option, exact=True) if isinstance(option, str) else \
+        page.get_by_role("option", name=option)  # fmt: skip
+    for _ in range(3):
+        dropdown.click()
+        try:
+            item.wait_for(state="visible", timeout=TIMEOUT_MS // 4)
+            break
+        except PlaywrightTimeoutError:
+            page.keyboard.press("Escape")
+    item.click()
     expect(dropdown).to_have_value(option)
     expect(page.get_by_role("listbox")).to_have_count(0)  # the list has closed
 

@@ -1,0 +1,72 @@
+"""4. Growth: time and peak memory vs resolution and batch size.
+
+For each (size, batch) in a fresh process: one CFG UNet step (batch 2 x B, after one warm-up step),
+MiDaS on one image, VAE encode and decode of the batch, and the process' peak RSS. A full img2img
+run costs about depth + encode + steps x UNet step + decode.
+
+    python benchmarks/bench_growth.py --ckpt /big/sd2depth_rand1234.safetensors [--sizes 256,512,768] [--batches 1,2,4]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common import ROOT, machine, parser, require_ckpt, write_json
+
+CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+import torch
+torch.set_grad_enabled(False)
+from common import peak_rss_mb
+from modules.checkpoints import load_model
+from modules import optimizations
+from modules.settings import Settings
+model = load_model({ckpt!r})
+optimizations.apply(model, Settings())
+size, batch = {size}, {batch}
+h = size // 8
+x = torch.randn(batch, 4, h, h); d = torch.rand(batch, 1, h, h) * 2 - 1; ctx = torch.randn(batch, 77, 1024)
+cond = {{"c_concat": [torch.cat([d, d])], "c_crossattn": [torch.cat([ctx, ctx])]}}
+t = torch.tensor([500])
+model.apply_model(torch.cat([x, x]), t, cond)
+t0 = time.perf_counter(); model.apply_model(torch.cat([x, x]), t, cond); step = time.perf_counter() - t0
+img = torch.rand(batch, 3, size, size) * 2 - 1
+def timed(fn):
+    fn()  # warm-up: oneDNN primitives, page-in
+    t0 = time.perf_counter(); fn(); return time.perf_counter() - t0
+depth = timed(lambda: model.depth_conditioning(img[:1]))
+encode = timed(lambda: model.encode_first_stage(img))
+decode = timed(lambda: model.decode_first_stage(x))
+print(json.dumps({{"unet_step_s": step, "depth_s": depth, "encode_s": encode, "decode_s": decode,
+                  "peak_rss_mb": peak_rss_mb()}}))
+"""
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--sizes", default="256,512,768")
+    p.add_argument("--batches", default="1,2,4")
+    args = p.parse_args()
+    ckpt = require_ckpt(args)
+    report = {"machine": machine(), "results": []}
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for batch in [int(b) for b in args.batches.split(",")]:
+            code = CHILD.format(
+                root=str(ROOT), bench=str(Path(__file__).parent), ckpt=str(ckpt), size=size, batch=batch
+            )
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if out.returncode != 0:
+                row = {"size": size, "batch": batch, "error": out.stderr.strip().splitlines()[-1]}
+            else:
+                row = {"size": size, "batch": batch, **json.loads(out.stdout.strip().splitlines()[-1])}
+            report["results"].append(row)
+            print(json.dumps(row), flush=True)
+    write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Speed options, each measured for speed and for how far the image moves from the exact one.
+
+The exact reference is float32, contiguous memory, SDPA attention. Each option runs the same
+img2img job (same seed); prints seconds, speed-up, max pixel difference and PSNR against the
+reference. torch.compile and CPU bfloat16 are slow to try on a small CPU; ask for them explicitly.
+
+    python benchmarks/bench_options.py --ckpt /big/sd2depth_rand1234.safetensors [--steps 10] [--compile] [--bf16]
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from common import machine, model_manager, parser, psnr, require_ckpt, test_image, write_json
+
+from modules import optimizations
+from modules.conditioning import ConditioningCache
+from modules.hooks import Hooks
+from modules.processing import DepthCache, ProcessingContext, process
+from modules.progress import JobControl
+from modules.request import GenerationRequest
+from modules.settings import Settings
+
+EXACT = {"opt_channels_last": False}
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--bf16", action="store_true")
+    args = p.parse_args()
+    ckpt = require_ckpt(args)
+    models = model_manager(ckpt)
+    model = models.load(ckpt.name).model
+    image = test_image(args.size, args.size)
+    options = {
+        "exact (default: float32, contiguous, SDPA)": EXACT,
+        "channels-last": {"opt_channels_last": True},
+        "token merging 0.3": {**EXACT, "token_merging_ratio": 0.3},
+        "token merging 0.5": {**EXACT, "token_merging_ratio": 0.5},
+        "negative guidance min sigma 5": {**EXACT, "s_min_uncond": 5.0},
+    }
+    if args.compile:
+        options["torch.compile"] = {"opt_torch_compile": True}
+    if args.bf16:
+        options["bf16 autocast (CPU)"] = {**EXACT, "cpu_bf16_autocast": True}
+
+    def run(overrides: dict) -> tuple[float, np.ndarray]:
+        settings = Settings().override(overrides)
+        optimizations.apply(model, settings)
+        ctx = ProcessingContext(models, settings, ckpt.parent, ConditioningCache(), DepthCache(), JobControl(), Hooks())
+        req = GenerationRequest(prompt="a red brick lighthouse on a cliff", init_images=[image], width=args.size,
+                                height=args.size, steps=args.steps, denoising_strength=0.75, cfg_scale=7.5,
+                                sampler_name="Euler a", seed=77, save_images=False)  # fmt: skip
+        t0 = time.perf_counter()
+        out = process(req, ctx).images[0]
+        return time.perf_counter() - t0, out
+
+    run(EXACT)  # warm-up (page-in)
+    report = {"machine": machine(), "settings": vars(args), "options": {}}
+    base_s, base_img = run(EXACT)
+    for label, overrides in options.items():
+        if overrides is EXACT:
+            seconds, img = base_s, base_img
+        else:
+            if overrides.get("opt_torch_compile"):
+                run(overrides)  # compile once at this size, untimed
+            seconds, img = run(overrides)
+        diff = int(np.abs(img.astype(int) - base_img.astype(int)).max())
+        row = {"seconds": seconds, "speedup": base_s / seconds, "max_pixel_diff": diff, "psnr_db": psnr(img, base_img)}
+        report["options"][label] = row
+        print(f"{label:36s} {seconds:7.1f}s  x{row['speedup']:.2f}  max diff {diff:3d}  PSNR {row['psnr_db']:.1f} dB",
+              flush=True)  # fmt: skip
+    optimizations.apply(model, Settings().override(EXACT))
+    write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -77,7 +77,30 @@ def ldm_available():
     return True
 
 
-# --- fixtures over a test module's own `server` fixture (a tests.server.RunningServer) -----------------
+# --- a served data folder (modules that need another folder or server override these) ---------------
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, depth_ckpt, sd2_ckpt) -> Path:
+    """A data folder with both tiny checkpoints in models/Stable-diffusion/."""
+    from tests.server import populate
+
+    d = tmp_path_factory.mktemp("data")
+    populate(d, depth_ckpt, sd2_ckpt)
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(data_dir):
+    """The web UI and the API on one port (`launch.py --api`), with the tiny depth checkpoint loaded."""
+    from tests.server import running_server
+
+    with running_server(data_dir, "--api") as srv:
+        srv.app.service.select_checkpoint("tiny-depth")
+        yield srv
+
+
+# --- fixtures over the `server` fixture (a tests.server.RunningServer) -------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -97,13 +97,6 @@ def assert_error(r: httpx.Response, status: int, *words: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, depth_ckpt, sd2_ckpt) -> Path:
-    d = tmp_path_factory.mktemp("api-data")
-    populate(d, depth_ckpt, sd2_ckpt)
-    return d
-
-
-@pytest.fixture(scope="module")
 def server(data_dir):
     with running_server(data_dir, "--nowebui") as srv:
         yield srv

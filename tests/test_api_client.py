@@ -9,7 +9,6 @@ import base64
 import io
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,13 +26,6 @@ def picture(seed: int = 0, w: int = W, h: int = H) -> Image.Image:
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
     return Image.fromarray(np.clip(base + rng.randint(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, depth_ckpt, sd2_ckpt) -> Path:
-    d = tmp_path_factory.mktemp("client-data")
-    populate(d, depth_ckpt, sd2_ckpt)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from modules.errors import (
 )
 from modules.model_manager import ModelManager
 from modules.ui import make_handlers
-from tests.server import populate, running_server
+from tests.server import populate
 
 W, H = 64, 64
 
@@ -279,14 +279,6 @@ def data_dir(tmp_path_factory, depth_ckpt, sd2_ckpt, marker) -> Path:
     for case in hostile_checkpoints(marker) + corrupt_safetensors():
         (folder / case.name).write_bytes(case.data)
     return d
-
-
-@pytest.fixture(scope="module")
-def server(data_dir):
-    """The web UI and the API on one port, as `launch.py --api` serves them."""
-    with running_server(data_dir, "--api") as srv:
-        srv.app.service.select_checkpoint("tiny-depth")
-        yield srv
 
 
 def body(**kw) -> dict:

@@ -110,21 +110,6 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:
 # --- the server ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, depth_ckpt, sd2_ckpt) -> Path:
-    d = tmp_path_factory.mktemp("load-data")
-    populate(d, depth_ckpt, sd2_ckpt)
-    return d
-
-
-@pytest.fixture(scope="module")
-def server(data_dir):
-    """The web UI and the API on one port (`launch.py --api`)."""
-    with running_server(data_dir, "--api") as srv:
-        srv.app.service.select_checkpoint("tiny-depth")
-        yield srv
-
-
 class ProgressWatch(threading.Thread):
     """Polls /progress until stopped and checks every answer is consistent (and, per job, never goes back)."""
 

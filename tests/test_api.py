@@ -23,6 +23,7 @@ from PIL import Image
 from modules import samplers
 from modules.api import convert, models
 from modules.request import GenerationRequest
+from tests.imaging import b64, png
 from tests.ldm_layout import write_checkpoint
 from tests.server import populate, running_server
 
@@ -46,16 +47,6 @@ def picture(seed: int = 0, w: int = W, h: int = H) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
     return np.clip(base + rng.randint(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def png(arr: np.ndarray, mode: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def img_b64(seed: int = 0, w: int = W, h: int = H) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 
 import numpy as np
@@ -19,15 +18,10 @@ from modules.processing import ProcessingContext, process
 from modules.progress import JobControl
 from modules.request import GenerationRequest
 from modules.settings import Settings
+from tests.imaging import png
 from tests.ldm_layout import write_checkpoint
 
 W, H = 96, 64
-
-
-def png(arr: np.ndarray, mode: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def picture(seed: int = 0, w: int = W, h: int = H) -> np.ndarray:

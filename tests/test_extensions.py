@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import io
 import shutil
 import textwrap
 
@@ -20,15 +19,10 @@ from modules.processing import ProcessingContext, process
 from modules.progress import JobControl
 from modules.request import GenerationRequest
 from modules.settings import Settings
+from tests.imaging import png
 from tests.ldm_layout import write_checkpoint
 
 W, H = 96, 64
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def picture(seed: int = 0) -> np.ndarray:

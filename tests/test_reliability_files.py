@@ -9,7 +9,6 @@ happens, and the server goes on serving with the model it had.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import struct
@@ -23,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from starlette.routing import Mount
 
 from modules import model_config
@@ -38,6 +36,7 @@ from modules.errors import (
 )
 from modules.model_manager import ModelManager
 from modules.ui import make_handlers
+from tests.imaging import b64, png
 from tests.server import populate
 
 W, H = 64, 64
@@ -125,16 +124,6 @@ def torch_zip(data_pkl: bytes | None = None, extra: dict[str, bytes] | None = No
     return out.getvalue()
 
 
-def png_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def picture(w: int = W, h: int = H, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randint(0, 255, (h, w, 3)).astype(np.uint8)
 
@@ -173,7 +162,7 @@ def hostile_checkpoints(marker: Path) -> list[Hostile]:
         Hostile("zip-truncated.ckpt", good_zip[: len(good_zip) // 2], CheckpointError, "truncated"),
         Hostile("legacy-truncated.ckpt", legacy.getvalue()[:-40], CheckpointError, "could not be read"),
         Hostile("empty.ckpt", b"", CheckpointError, "empty \\(0 bytes\\)"),
-        Hostile("picture.ckpt", png_bytes(picture()), CheckpointError, "not a PyTorch checkpoint"),
+        Hostile("picture.ckpt", png(picture()), CheckpointError, "not a PyTorch checkpoint"),
         Hostile("text.ckpt", b"this is not a model\n" * 50, CheckpointError, "not a PyTorch checkpoint"),
         Hostile("pickled-list.ckpt", torch_zip(_program(b"](" + _text("a") + b"e")), CheckpointError,
                 "does not hold a state dict"),
@@ -282,7 +271,7 @@ def data_dir(tmp_path_factory, depth_ckpt, sd2_ckpt, marker) -> Path:
 
 
 def body(**kw) -> dict:
-    out = {"init_images": [b64(png_bytes(picture()))], "width": W, "height": H, "steps": 2, "seed": 3}
+    out = {"init_images": [b64(png(picture()))], "width": W, "height": H, "steps": 2, "seed": 3}
     out.update(kw)
     return out
 
@@ -471,7 +460,7 @@ def test_ui_file_routes_serve_only_the_output_folder(server, client, data_dir, t
     client.post("/options", json={"samples_format": "png"})  # config.json exists
     folder = _ui_output_folder(server)
     shown = folder / "reliability-shown.png"
-    shown.write_bytes(png_bytes(picture()))
+    shown.write_bytes(png(picture()))
     secret = folder.parent / f"{folder.name}-secret.txt"
     secret.write_text("TOP-SECRET-CONTENT")
     link = folder / "link-to-secret.png"

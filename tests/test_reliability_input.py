@@ -33,6 +33,7 @@ from modules.processing import ProcessingContext, process
 from modules.progress import JobControl
 from modules.request import GenerationRequest
 from modules.settings import Settings
+from tests.imaging import b64, png
 from tests.server import populate, running_server
 
 W, H = 64, 64
@@ -45,10 +46,6 @@ def encode(img: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt)
     return buf.getvalue()
-
-
-def png(arr: np.ndarray, mode: str | None = None) -> bytes:
-    return encode(Image.fromarray(arr, mode), "PNG")
 
 
 def picture(w: int = W, h: int = H, seed: int = 0) -> np.ndarray:
@@ -385,10 +382,6 @@ def server(tmp_path_factory, depth_ckpt):
 def client(server):
     with httpx.Client(base_url=server.url + "/sdapi/v1", timeout=120) as c:
         yield c
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def api_body(**kw) -> dict:

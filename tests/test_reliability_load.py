@@ -7,11 +7,9 @@ The real app serves tiny checkpoints on a loopback port (``tests/server.py``); t
 
 from __future__ import annotations
 
-import base64
 import errno
 import gc
 import hashlib
-import io
 import json
 import os
 import re
@@ -34,6 +32,7 @@ from starlette.routing import Mount
 from modules import fileio
 from modules.settings import Settings
 from modules.ui import make_handlers
+from tests.imaging import b64, pixels, png
 from tests.server import free_port, populate, running_server
 from tests.test_ui import base_values
 
@@ -48,20 +47,6 @@ def picture(w: int = W, h: int = H, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
     return np.clip(base + rng.randint(-30, 30, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def pixels(s: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(s))).convert("RGB"))
 
 
 def job(**kw) -> dict:

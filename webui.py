@@ -15,7 +15,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
-from modules import cmd_args, devices
+from modules import cmd_args, devices, memory
 from modules.checkpoints import CheckpointRegistry, HashCache
 from modules.extensions import BUILTIN_DIR, ExtensionRegistry
 from modules.model_manager import ModelManager
@@ -45,6 +45,8 @@ def create_service(args) -> Service:
     data_dir = Path(args.data_dir)
     settings_path = data_dir / "config.json"
     settings = Settings.load(settings_path)
+    if not getattr(args, "malloc_default", False):
+        memory.retain_freed_memory()  # before the worker thread exists (one arena for all threads)
     device = devices.resolve_device(args.device)
     dtype = devices.resolve_dtype(device, args.precision, args.no_half)
     log.info("Device: %s", devices.describe(device, dtype))

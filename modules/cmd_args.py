@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: float32 everywhere; autocast: float16 (bfloat16 where supported) on GPU, float32 on CPU",
     )
     compute.add_argument("--no-half", action="store_true", help="keep the model in float32 (same as --precision full)")
+    compute.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="leave glibc's allocator as it is (by default freed memory is reused within a job: ~7%% faster on CPU)",
+    )
 
     setup = p.add_argument_group("setup")
     setup.add_argument("--skip-install", action="store_true", help="do not check or install requirements")

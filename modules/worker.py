@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from modules import memory
 from modules.progress import JobControl, ProgressState
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Worker:
                 with self._lock:
                     self._last_state = job.control.snapshot()
                     self._current = None
+                memory.release_freed_memory()  # an idle server gives the job's peak back to the OS
 
     # --- control --------------------------------------------------------------------------------
     def interrupt(self) -> bool:

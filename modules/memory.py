@@ -1,0 +1,84 @@
+"""Host memory between ops: keep freed activation memory for the next op, give it back between jobs.
+
+PyTorch's CPU tensors come straight from ``malloc``. With glibc's defaults every buffer over the
+dynamic mmap threshold (at most 32 MiB; a 512x512 UNet step has many such activations) is a fresh
+``mmap`` that is returned to the OS when freed, so each denoising step page-faults and zeroes the
+same few GB again: measured here ~0.85 million page faults and ~3 s of kernel time per 512x512 CFG
+UNet call, about 7 % of it (BENCHMARKS.md). A1111 preloads tcmalloc for the same reason.
+
+``retain_freed_memory`` tells glibc to serve every block from its heap (no per-block mmap), to keep
+freed memory, and to use one arena (the job worker thread would otherwise get a private arena whose
+heaps are unmapped when empty). ``release_freed_memory`` hands the free heap pages back to the OS;
+the worker calls it after every job, so an idle server's resident memory does not stay at the peak.
+
+Only glibc Linux is affected; elsewhere both calls do nothing and say so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import platform
+
+log = logging.getLogger(__name__)
+
+# mallopt parameters from glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
+_GLIBC_DEFAULT_MMAP_MAX = 65536
+_GLIBC_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_KEEP = 2**31 - 1  # largest int mallopt takes: freed heap top kept up to 2 GiB
+
+_libc: ctypes.CDLL | None = None
+_retaining = False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = None
+    return _libc
+
+
+def retain_freed_memory() -> bool:
+    """Keep freed memory in the heap during jobs (call at start-up, before the worker thread starts)."""
+    global _retaining
+    libc = _glibc()
+    if libc is None:
+        log.info("Allocator tuning skipped (not glibc Linux)")
+        return False
+    ok = all(
+        libc.mallopt(param, value) == 1
+        for param, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _KEEP))
+    )
+    _retaining = ok
+    log.info("Allocator: freed memory kept for reuse during a job%s", "" if ok else " (mallopt refused)")
+    return ok
+
+
+def default_allocator() -> None:
+    """Back to glibc's per-block mmap and 128 KiB trim threshold (benchmarks compare both)."""
+    global _retaining
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
+    _retaining = False
+
+
+def retaining() -> bool:
+    return _retaining
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free pages to the OS (cheap; a no-op off glibc or when not retaining)."""
+    if _retaining and _libc is not None:
+        _libc.malloc_trim(0)

@@ -74,6 +74,11 @@ class Settings:
         "Channels-last memory format for the UNet and VAE (for GPUs; on CPU no faster and +2.4 GB RAM)",
         "Optimizations",
     )
+    opt_prepack_conv: bool = opt(
+        False,
+        "Pre-packed oneDNN convolution weights for the UNet and VAE (CPU; ~8% faster steps, +2.7 GB RAM for SD2)",
+        "Optimizations",
+    )
     opt_torch_compile: bool = opt(False, "torch.compile the UNet (slow first run at each size)", "Optimizations")
     token_merging_ratio: float = opt(
         0.0, "Token merging ratio (tomesd; lossy, faster at large sizes)", "Optimizations", minimum=0.0, maximum=0.9

@@ -56,6 +56,53 @@ def test_channels_last_is_within_float_tolerance_and_reversible(model):
     assert torch.equal(unet_out(model), ref)
 
 
+def packed_convs(model) -> list:
+    return [m for part in (model.unet, model.vae) for m in part.modules() if "forward" in m.__dict__]
+
+
+def test_prepacked_convolutions_are_within_float_tolerance_and_reversible(model):
+    ref = unet_out(model)
+    z = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(1))
+    ref_image = model.decode_first_stage(z)
+    applied = optimizations.apply(model, Settings().override({"opt_prepack_conv": True}))
+    assert applied["prepack_conv"]
+    convs = [m for part in (model.unet, model.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert packed_convs(model) and all(isinstance(m.forward, optimizations.PackedConv) for m in convs)
+    assert torch.allclose(unet_out(model), ref, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(model.decode_first_stage(z), ref_image, rtol=1e-4, atol=1e-5)
+    assert any(m.forward.packed for m in convs)  # the packed path ran (not the module's own)
+    optimizations.apply(model, Settings().override({"opt_prepack_conv": False}))
+    assert not packed_convs(model)
+    assert torch.equal(unet_out(model), ref)
+
+
+def test_prepacked_convolution_follows_weight_edits_shapes_and_falls_back():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    packed = optimizations.PackedConv(conv)
+    x2, x1, x3 = torch.randn(2, 8, 10, 12), torch.randn(1, 8, 10, 12), torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(packed(x2), conv._conv_forward(x2, conv.weight, conv.bias), atol=1e-5)
+        conv.weight.mul_(1.5)  # an extension editing weights in place: the next call repacks
+        assert torch.allclose(packed(x2), conv._conv_forward(x2, conv.weight, conv.bias), atol=1e-5)
+        assert len(packed.packed) == 1
+        packed(x1)  # a batch of 1 between batches of 2 (negative guidance minimum sigma) keeps both
+        packed(x2)
+        assert [k[0] for k in packed.packed] == [tuple(x1.shape), tuple(x2.shape)]
+        packed(x3)  # a third shape drops the least recently used
+        assert [k[0] for k in packed.packed] == [tuple(x2.shape), tuple(x3.shape)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes the module's own path
+            assert packed(x2).dtype == torch.bfloat16
+    x = x2.clone().requires_grad_()
+    packed(x).sum().backward()  # autograd too
+    assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_prepack_is_not_combined_with_torch_compile():
+    wanted = optimizations.wanted(Settings().override({"opt_prepack_conv": True, "opt_torch_compile": True}))
+    assert wanted == {"channels_last": False, "prepack_conv": False, "compile": True, "tome": 0.0}
+
+
 def test_token_merging_changes_output_and_is_removable(model):
     ref = unet_out(model)
     optimizations.apply(model, Settings().override({"token_merging_ratio": 0.5, "opt_channels_last": False}))

@@ -8,8 +8,10 @@ UNet call, about 7 % of it (BENCHMARKS.md). A1111 preloads tcmalloc for the same
 
 ``retain_freed_memory`` tells glibc to serve every block from its heap (no per-block mmap), to keep
 freed memory, and to use one arena (the job worker thread would otherwise get a private arena whose
-heaps are unmapped when empty). ``release_freed_memory`` hands the free heap pages back to the OS;
-the worker calls it after every job, so an idle server's resident memory does not stay at the peak.
+heaps are unmapped when empty). ``release_freed_memory`` hands the free heap pages back to the OS:
+a generation calls it between its stages (the UNet's freed blocks do not fit the VAE decoder's
+bigger ones, so keeping them across stages would only add to the peak) and the worker after every
+job, so an idle server's resident memory does not stay at the peak.
 
 Only glibc Linux is affected; elsewhere both calls do nothing and say so.
 """

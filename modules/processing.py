@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import depth, images, infotext, masking, pipeline, samplers
+from modules import depth, images, infotext, masking, memory, pipeline, samplers
 from modules.conditioning import ConditioningCache, pad_to_same_length
 from modules.errors import UserError, ValidationError
 from modules.fileio import atomic_write_bytes
@@ -368,6 +368,7 @@ def run_batch(job: Job, idx: list[int], seeds: list[int], subseeds: list[int]):
     inpaint = None
     if init is not None and preps[0].work_mask is not None:
         init, inpaint = _latent_inpaint(job, preps, init, noise)
+    memory.release_freed_memory()  # each stage's freed blocks are kept for reuse within it, not across
     latents, stopped = job.timed("denoise", _denoise_batch, job, idx, seeds, noise, gens, init, inpaint, depth_cond)
     if stopped == "skip":
         return None
@@ -376,6 +377,7 @@ def run_batch(job: Job, idx: list[int], seeds: list[int], subseeds: list[int]):
             "A tensor with all NaNs was produced. This happens with some models in half precision: "
             "restart with --no-half (or --precision full)."
         )
+    memory.release_freed_memory()
     decoded = job.timed("decode", model.decode_first_stage, latents)
     return [_finish(img, p) for img, p in zip(images.to_uint8(decoded), preps, strict=True)], depth_display, stopped
 

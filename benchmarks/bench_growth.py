@@ -5,6 +5,7 @@ MiDaS on one image, VAE encode and decode of the batch, and the process' peak RS
 run costs about depth + encode + steps x UNet step + decode.
 
     python benchmarks/bench_growth.py --ckpt /big/sd2depth_rand1234.safetensors [--sizes 256,512,768] [--batches 1,2,4]
+        [--options '{"opt_prepack_conv": true}'] [--malloc-default]
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import torch
 torch.set_grad_enabled(False)
 from common import peak_rss_mb
 from modules.checkpoints import load_model
-from modules import optimizations
+from modules import memory, optimizations
 from modules.settings import Settings
+if {retain}:
+    memory.retain_freed_memory()  # as the web UI does
 model = load_model({ckpt!r})
-optimizations.apply(model, Settings())
+optimizations.apply(model, Settings().override({options!r}))
 size, batch = {size}, {batch}
 h = size // 8
 x = torch.randn(batch, 4, h, h); d = torch.rand(batch, 1, h, h) * 2 - 1; ctx = torch.randn(batch, 77, 1024)
@@ -50,13 +53,22 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--sizes", default="256,512,768")
     p.add_argument("--batches", default="1,2,4")
+    p.add_argument("--options", default="{}", help="settings overrides as JSON, e.g. '{\"opt_prepack_conv\": true}'")
+    p.add_argument("--malloc-default", action="store_true", help="glibc's allocator defaults (as --malloc-default)")
     args = p.parse_args()
     ckpt = require_ckpt(args)
-    report = {"machine": machine(), "results": []}
+    report = {"machine": machine(), "options": json.loads(args.options), "malloc_default": args.malloc_default,
+              "results": []}  # fmt: skip
     for size in [int(s) for s in args.sizes.split(",")]:
         for batch in [int(b) for b in args.batches.split(",")]:
             code = CHILD.format(
-                root=str(ROOT), bench=str(Path(__file__).parent), ckpt=str(ckpt), size=size, batch=batch
+                root=str(ROOT),
+                bench=str(Path(__file__).parent),
+                ckpt=str(ckpt),
+                size=size,
+                batch=batch,
+                options=json.loads(args.options),
+                retain=not args.malloc_default,
             )
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if out.returncode != 0:

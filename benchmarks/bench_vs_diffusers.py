@@ -1,27 +1,47 @@
 """1. Our ``process`` vs diffusers' ``StableDiffusionDepth2ImgPipeline`` on the very same module weights.
 
 img2img (default 512x512, 20 steps at strength 0.75, CFG 7.5, batch 1) with Euler a and DDIM, run
-alternately in one process; each pipeline at its own defaults (ours: the Settings defaults; diffusers:
-contiguous), both cold (no cached depth or prompt). Prints medians, the ratio, a per-stage breakdown
-(depth, text, encode, UNet per step, decode; timed by hooks on the shared modules) and how far our
-default image is from our exact (contiguous float32) image.
+alternately in one process (ABBA order); each arm (see ARMS) cold (no cached depth or prompt). Prints
+medians, ratios to diffusers, a per-stage breakdown (depth, text, encode, UNet per step, decode;
+timed by hooks on the shared modules) and how far each of our option arms' images is from ours.
+With ``--fresh-process`` every run is its own process instead (after an untimed 2-step warm-up), so
+"ours" has the web UI's allocator setting from the start and "diffusers" glibc's defaults, as a
+plain diffusers script has; the allocator cannot be compared fairly by switching it inside one
+process (the heap one arm leaves behind is what the next arm starts from).
 
-    python benchmarks/bench_vs_diffusers.py --ckpt /big/sd2depth_rand1234.safetensors [--runs 3]
+    python benchmarks/bench_vs_diffusers.py --ckpt /big/sd2depth_rand1234.safetensors [--runs 3] \\
+        [--arms ours,ours+prepack,diffusers,diffusers+alloc] [--samplers DDIM] [--fresh-process]
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
+import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
 import torch
-from common import StageTimer, machine, median, model_manager, parser, psnr, require_ckpt, test_image, write_json
+from common import (
+    StageTimer,
+    machine,
+    median,
+    model_manager,
+    parser,
+    peak_rss_mb,
+    psnr,
+    require_ckpt,
+    test_image,
+    write_json,
+)
 from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 from transformers import CLIPTokenizer, DPTImageProcessorPil
 
-from modules import optimizations, samplers
+from modules import memory, optimizations, samplers
 from modules.conditioning import ConditioningCache
 from modules.hooks import Hooks
 from modules.processing import DepthCache, ProcessingContext, process
@@ -48,6 +68,18 @@ def diffusers_pipeline(model, scheduler) -> StableDiffusionDepth2ImgPipeline:
     return pipe
 
 
+# Each arm: (label, pipeline, our speed options, our allocator setting).  "ours" is the app as it
+# ships (Settings defaults; freed memory retained within a job, see modules/memory.py); diffusers runs
+# as a user runs it (glibc's defaults). "diffusers+alloc" gives diffusers the same allocator setting,
+# to show how much of the difference is the allocator alone.
+ARMS = {
+    "ours": ("ours", {}, True),
+    "ours+prepack": ("ours", {"opt_prepack_conv": True}, True),
+    "diffusers": ("diffusers", {}, False),
+    "diffusers+alloc": ("diffusers", {}, True),
+}
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--runs", type=int, default=3)
@@ -55,12 +87,21 @@ def main() -> None:
     p.add_argument("--strength", type=float, default=0.75)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--samplers", default="Euler a,DDIM")
+    p.add_argument("--arms", default="ours,diffusers", help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument(
+        "--fresh-process",
+        action="store_true",
+        help="each run in its own process (after an untimed 2-step warm-up), so each arm has its own allocator "
+        "from the start: the app as shipped vs a plain diffusers script",
+    )
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     ckpt = require_ckpt(args)
-    models = model_manager(ckpt)
+    if args.fresh_process:
+        return fresh_processes(args)
+    models = model_manager(ckpt, retain=ARMS[args.child][2] if args.child else True)
     loaded = models.load(ckpt.name)
     model = loaded.model
-    ours_settings, exact_settings = Settings(), Settings().override({"opt_channels_last": False})
     dpt = model.depth_model
     timer = StageTimer({"unet": model.unet, "text": model.text_encoder, "depth": (dpt.dpt.embeddings, dpt.head),
                         "encode": model.vae.encoder, "decode": model.vae.decoder})  # fmt: skip
@@ -68,18 +109,18 @@ def main() -> None:
     image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
     report = {"machine": machine(), "settings": vars(args) | {"ckpt": str(ckpt)}, "samplers": {}}
 
-    def run_ours(name: str, settings: Settings):
+    def run_ours(name: str, settings: Settings, steps: int | None = None):
         optimizations.apply(model, settings)
         ctx = ProcessingContext(models, settings, ckpt.parent, ConditioningCache(), DepthCache(), JobControl(), Hooks())
         req = GenerationRequest(prompt=PROMPT, init_images=[image_bytes], width=args.size, height=args.size,
-                                steps=args.steps, denoising_strength=args.strength, cfg_scale=7.5,
+                                steps=steps or args.steps, denoising_strength=args.strength, cfg_scale=7.5,
                                 sampler_name=name, seed=1234, save_images=False)  # fmt: skip
         t0 = time.perf_counter()
         result = process(req, ctx)
         return time.perf_counter() - t0, result.images[0]
 
     def run_diffusers(name: str):
-        optimizations.apply(model, exact_settings)  # diffusers' default memory format
+        optimizations.apply(model, Settings())  # no speed options: diffusers' own modules as loaded
         spec = samplers.find_sampler(name)
         sched = samplers.build_scheduler(spec, samplers.resolve_schedule(spec, "Automatic"), model.betas_f64, "eps")
         pipe = diffusers_pipeline(model, sched)
@@ -90,57 +131,104 @@ def main() -> None:
                    output_type="np", **extra)  # fmt: skip
         return time.perf_counter() - t0, (out.images[0] * 255).round().astype(np.uint8)
 
+    def run_arm(arm: str, name: str):
+        who, options, retain = ARMS[arm]
+        memory.retain_freed_memory() if retain else memory.default_allocator()
+        try:
+            return run_ours(name, Settings().override(options)) if who == "ours" else run_diffusers(name)
+        finally:
+            memory.release_freed_memory()  # what the web UI's worker does after each job
+
+    arms = [a.strip() for a in args.arms.split(",")]
     names = [s.strip() for s in args.samplers.split(",")]
-    run_ours(names[0], ours_settings)  # warm-up: pages the weights in from disk, untimed
-    run_diffusers(names[0])
+    if args.child:  # one timed run of one arm in this fresh process (see fresh_processes)
+        who, options = ARMS[args.child][:2]
+        run_ours(names[0], Settings().override(options), steps=2)  # warm-up: page-in, oneDNN, packing
+        timer.reset()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        seconds, _ = run_ours(names[0], Settings().override(options)) if who == "ours" else run_diffusers(names[0])
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({"seconds": seconds, "stages": timer.summary(), "minor_faults": after.ru_minflt - usage.ru_minflt,
+                          "sys_s": after.ru_stime - usage.ru_stime, "peak_rss_mb": peak_rss_mb()}))  # fmt: skip
+        return
+    run_ours(names[0], Settings())  # warm-up: pages the weights in from disk, untimed
     for name in names:
-        times = {"ours": [], "diffusers": []}
-        stages = {"ours": [], "diffusers": []}
+        times = {arm: [] for arm in arms}
+        stages = {arm: [] for arm in arms}
+        images = {}
         for run in range(args.runs):
-            order = ("ours", "diffusers") if run % 2 == 0 else ("diffusers", "ours")
-            for who in order:
+            for arm in arms if run % 2 == 0 else arms[::-1]:  # ABBA order
                 timer.reset()
-                seconds, _ = run_ours(name, ours_settings) if who == "ours" else run_diffusers(name)
-                times[who].append(seconds)
-                stages[who].append(timer.summary())
-                print(f"{name} run {run + 1} {who:9s} {seconds:7.1f}s", flush=True)
-        _, exact = run_ours(name, exact_settings)
-        _, default = run_ours(name, ours_settings)
-        entry = summarize(times, stages)
-        entry["ours_default_vs_exact"] = {
-            "max_pixel_diff": int(np.abs(default.astype(int) - exact.astype(int)).max()),
-            "psnr_db": psnr(default, exact),
-        }
+                seconds, images[arm] = run_arm(arm, name)
+                times[arm].append(seconds)
+                stages[arm].append(timer.summary())
+                print(f"{name} run {run + 1} {arm:15s} {seconds:7.1f}s", flush=True)
+        entry = summarize(times, stages, base=arms[0], against=next((a for a in arms if a == "diffusers"), arms[-1]))
+        entry["vs_ours"] = {
+            arm: {"max_pixel_diff": int(np.abs(img.astype(int) - images["ours"].astype(int)).max()),
+                  "psnr_db": psnr(img, images["ours"])}
+            for arm, img in images.items() if arm != "ours" and ARMS[arm][0] == "ours" and "ours" in images
+        }  # fmt: skip
         report["samplers"][name] = entry
         print_entry(name, entry)
     write_json(args.json, report)
 
 
-def summarize(times: dict, stages: dict) -> dict:
-    out = {}
-    for who in ("ours", "diffusers"):
-        st = stages[who][-1]
-        unet = [s["unet"]["mean_s"] for s in stages[who]]
-        out[who] = {
-            "median_s": median(times[who]),
-            "runs_s": times[who],
+def fresh_processes(args) -> None:
+    """Each (sampler, arm, run) in a child process, ABBA order; prints and writes the same summary."""
+    arms = [a.strip() for a in args.arms.split(",")]
+    report = {"machine": machine(), "settings": vars(args), "samplers": {}}
+    for name in [s.strip() for s in args.samplers.split(",")]:
+        times, stages, faults = ({arm: [] for arm in arms} for _ in range(3))
+        for run in range(args.runs):
+            for arm in arms if run % 2 == 0 else arms[::-1]:
+                cmd = [sys.executable, __file__, "--ckpt", args.ckpt, "--steps", str(args.steps), "--strength",
+                       str(args.strength), "--size", str(args.size), "--samplers", name, "--child", arm]  # fmt: skip
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                times[arm].append(row["seconds"])
+                stages[arm].append(row["stages"])
+                faults[arm].append({k: row[k] for k in ("minor_faults", "sys_s", "peak_rss_mb")})
+                print(f"{name} run {run + 1} {arm:15s} {row['seconds']:7.1f}s  faults {row['minor_faults']:,}"
+                      f"  sys {row['sys_s']:.1f}s  peak RSS {row['peak_rss_mb']:,.0f} MiB", flush=True)  # fmt: skip
+        entry = summarize(times, stages, base=arms[0], against="diffusers" if "diffusers" in arms else arms[-1])
+        entry["vs_ours"] = {}
+        entry["process"] = faults
+        report["samplers"][name] = entry
+        print_entry(name, entry)
+    write_json(args.json, report)
+
+
+def summarize(times: dict, stages: dict, base: str, against: str) -> dict:
+    out = {"arms": {}}
+    for arm in times:
+        st = stages[arm][-1]
+        unet = [s["unet"]["mean_s"] for s in stages[arm]]
+        out["arms"][arm] = {
+            "median_s": median(times[arm]),
+            "runs_s": times[arm],
             "unet_step_s": median(unet),
             "unet_calls": st["unet"]["calls"],
-            "stages_s": {k: median([s[k]["total_s"] for s in stages[who] if k in s]) for k in st},
+            "stages_s": {k: median([s[k]["total_s"] for s in stages[arm] if k in s]) for k in st},
         }
-    out["ratio"] = out["ours"]["median_s"] / out["diffusers"]["median_s"]
+    ref = out["arms"][against]["median_s"]
+    out["ratio_to"] = against
+    out["ratios"] = {arm: a["median_s"] / ref for arm, a in out["arms"].items()}
     return out
 
 
 def print_entry(name: str, e: dict) -> None:
-    o, d = e["ours"], e["diffusers"]
-    print(f"\n== {name}: ours {o['median_s']:.1f}s vs diffusers {d['median_s']:.1f}s -> ratio {e['ratio']:.2f}")
-    print(f"   UNet per call (CFG batch of 2): ours {o['unet_step_s']:.2f}s, diffusers {d['unet_step_s']:.2f}s "
-          f"({o['unet_calls']} / {d['unet_calls']} calls)")  # fmt: skip
+    arms = e["arms"]
+    print(f"\n== {name} (ratios to {e['ratio_to']})")
+    for arm, a in arms.items():
+        print(f"   {arm:15s} {a['median_s']:7.1f}s  ratio {e['ratios'][arm]:.2f}  UNet/call {a['unet_step_s']:.2f}s"
+              f"  runs {', '.join(f'{t:.1f}' for t in a['runs_s'])}")  # fmt: skip
+    print("   stage    " + "".join(f"{arm:>16s}" for arm in arms))
     for stage in ("depth", "text", "encode", "unet", "decode"):
-        print(f"   {stage:7s} ours {o['stages_s'].get(stage, 0):7.2f}s   diffusers {d['stages_s'].get(stage, 0):7.2f}s")
-    x = e["ours_default_vs_exact"]
-    print(f"   our default vs exact float32: max pixel diff {x['max_pixel_diff']}, PSNR {x['psnr_db']:.1f} dB\n")
+        print(f"   {stage:8s} " + "".join(f"{a['stages_s'].get(stage, 0):15.2f}s" for a in arms.values()))
+    for arm, x in e["vs_ours"].items():
+        print(f"   {arm} image vs ours: max pixel diff {x['max_pixel_diff']}, PSNR {x['psnr_db']:.1f} dB")
+    print()
 
 
 if __name__ == "__main__":

@@ -44,11 +44,17 @@ def require_ckpt(args) -> Path:
     return Path(args.ckpt)
 
 
-def model_manager(ckpt: Path):
-    """A float32 CPU model manager over the checkpoint's folder (no hashing), for the benchmarks."""
+def model_manager(ckpt: Path, retain: bool = True):
+    """A float32 CPU model manager over the checkpoint's folder (no hashing), for the benchmarks.
+
+    With `retain` the process allocator is set as the web UI sets it (freed memory reused within a
+    job); without, glibc's defaults stay (as in a plain diffusers script)."""
+    from modules import memory
     from modules.checkpoints import CheckpointRegistry, HashCache
     from modules.model_manager import ModelManager
 
+    if retain:
+        memory.retain_freed_memory()
     torch.set_grad_enabled(False)
     registry = CheckpointRegistry([ckpt.parent], HashCache(None), hashing=False)
     registry.refresh()

@@ -3,8 +3,9 @@
 PyTorch's CPU tensors come straight from ``malloc``. With glibc's defaults every buffer over the
 dynamic mmap threshold (at most 32 MiB; a 512x512 UNet step has many such activations) is a fresh
 ``mmap`` that is returned to the OS when freed, so each denoising step page-faults and zeroes the
-same few GB again: measured here ~0.85 million page faults and ~3 s of kernel time per 512x512 CFG
-UNet call, about 7 % of it (BENCHMARKS.md). A1111 preloads tcmalloc for the same reason.
+same few GB again: measured here 13-15 million page faults and 41-45 s of kernel time in one 512x512
+img2img run (20 steps at 0.75), against 0.1-0.5 million and 2.5 s with this setting: the run takes
+7 % less time (BENCHMARKS.md). A1111 preloads tcmalloc for the same reason.
 
 ``retain_freed_memory`` tells glibc to serve every block from its heap (no per-block mmap), to keep
 freed memory, and to use one arena (the job worker thread would otherwise get a private arena whose

@@ -7,7 +7,7 @@ Model-level (applied when a model is loaded and when the settings change):
   file's pages resident beside the converted copies (+2.4 GB for the full-size model).
 * ``opt_prepack_conv``: the UNet's and VAE's convolution weights reordered once into oneDNN's blocked
   layout (per input shape), instead of on every call as eager PyTorch does on CPU; same images up to
-  float rounding, ~8 % faster per UNet step here, costs a second copy of the conv weights (~2.7 GB
+  float rounding, ~5 % faster end to end here, costs a second copy of the conv weights (~3 GB
   for SD2). CPU float32 only; not combined with ``torch.compile`` (which packs weights itself).
 * ``opt_torch_compile``: ``torch.compile`` the UNet (slow first run, recompiles per resolution).
 * ``token_merging_ratio``: token merging (the ``tomesd`` package) in the UNet's self-attention; lossy.

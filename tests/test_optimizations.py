@@ -94,7 +94,8 @@ def test_prepacked_convolution_follows_weight_edits_shapes_and_falls_back():
         with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes the module's own path
             assert packed(x2).dtype == torch.bfloat16
     x = x2.clone().requires_grad_()
-    packed(x).sum().backward()  # autograd too
+    with torch.enable_grad():  # autograd too (other tests may have turned grad mode off process-wide)
+        packed(x).sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
 
 

@@ -163,7 +163,7 @@ def main() -> None:
                 times[arm].append(seconds)
                 stages[arm].append(timer.summary())
                 print(f"{name} run {run + 1} {arm:15s} {seconds:7.1f}s", flush=True)
-        entry = summarize(times, stages, base=arms[0], against=next((a for a in arms if a == "diffusers"), arms[-1]))
+        entry = summarize(times, stages, against=next((a for a in arms if a == "diffusers"), arms[-1]))
         entry["vs_ours"] = {
             arm: {"max_pixel_diff": int(np.abs(img.astype(int) - images["ours"].astype(int)).max()),
                   "psnr_db": psnr(img, images["ours"])}
@@ -191,7 +191,7 @@ def fresh_processes(args) -> None:
                 faults[arm].append({k: row[k] for k in ("minor_faults", "sys_s", "peak_rss_mb")})
                 print(f"{name} run {run + 1} {arm:15s} {row['seconds']:7.1f}s  faults {row['minor_faults']:,}"
                       f"  sys {row['sys_s']:.1f}s  peak RSS {row['peak_rss_mb']:,.0f} MiB", flush=True)  # fmt: skip
-        entry = summarize(times, stages, base=arms[0], against="diffusers" if "diffusers" in arms else arms[-1])
+        entry = summarize(times, stages, against="diffusers" if "diffusers" in arms else arms[-1])
         entry["vs_ours"] = {}
         entry["process"] = faults
         report["samplers"][name] = entry
@@ -199,7 +199,7 @@ def fresh_processes(args) -> None:
     write_json(args.json, report)
 
 
-def summarize(times: dict, stages: dict, base: str, against: str) -> dict:
+def summarize(times: dict, stages: dict, against: str) -> dict:
     out = {"arms": {}}
     for arm in times:
         st = stages[arm][-1]

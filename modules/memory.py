@@ -77,10 +77,6 @@ def default_allocator() -> None:
     _retaining = False
 
 
-def retaining() -> bool:
-    return _retaining
-
-
 def release_freed_memory() -> None:
     """Return the heap's free pages to the OS (cheap; a no-op off glibc or when not retaining)."""
     if _retaining and _libc is not None:

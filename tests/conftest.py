@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -127,3 +128,18 @@ def depth_model_current(request):
     current = service.current_checkpoint()
     if current is None or current.model_name != "tiny-depth":
         service.select_checkpoint("tiny-depth")
+
+
+@pytest.fixture()
+def manager(tmp_path, depth_ckpt):
+    """A float32 CPU model manager over a folder holding the tiny depth checkpoint."""
+    from modules.checkpoints import CheckpointRegistry, HashCache
+    from modules.model_manager import ModelManager
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(depth_ckpt.path, folder)
+    shutil.copy(depth_ckpt.config_path, folder)
+    registry = CheckpointRegistry([folder], HashCache(None))
+    registry.refresh()
+    return ModelManager(registry, device=torch.device("cpu"), dtype=torch.float32)

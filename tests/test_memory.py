@@ -94,28 +94,21 @@ def test_malloc_default_flag_leaves_the_allocator_alone(monkeypatch, tmp_path):
         assert len(calls) == expected
 
 
-def test_a_generation_releases_freed_memory_between_its_stages(monkeypatch, tmp_path, depth_ckpt):
+def test_a_generation_releases_freed_memory_between_its_stages(monkeypatch, tmp_path, manager, depth_ckpt):
     import numpy as np
-    import torch
 
-    from modules.checkpoints import CheckpointRegistry, HashCache
     from modules.hooks import Hooks
-    from modules.model_manager import ModelManager
     from modules.processing import ProcessingContext, process
     from modules.request import GenerationRequest
     from modules.settings import Settings
     from tests.imaging import png
 
-    registry = CheckpointRegistry([depth_ckpt.path.parent], HashCache(None), hashing=False)
-    registry.refresh()
-    manager = ModelManager(registry, device=torch.device("cpu"), dtype=torch.float32)
     stages = []
     monkeypatch.setattr(memory, "release_freed_memory", lambda: stages.append("release"))
     ctx = ProcessingContext(manager, Settings(), tmp_path, hooks=Hooks(), control=JobControl())
-    real_decode = manager.get(depth_ckpt.path.name).model.decode_first_stage
-    monkeypatch.setattr(
-        manager.current.model, "decode_first_stage", lambda z: stages.append("decode") or real_decode(z)
-    )
+    model = manager.get(depth_ckpt.path.name).model
+    real_decode = model.decode_first_stage
+    monkeypatch.setattr(model, "decode_first_stage", lambda z: stages.append("decode") or real_decode(z))
     picture = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
     request = GenerationRequest(prompt="x", init_images=[png(picture)], width=96, height=64, steps=3, seed=1,
                                 save_images=False)  # fmt: skip

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 from modules import optimizations, pipeline
-from modules.checkpoints import CheckpointRegistry, HashCache, load_model
+from modules.checkpoints import load_model
 from modules.hooks import Hooks
-from modules.model_manager import ModelManager
 from modules.processing import ProcessingContext, process
 from modules.progress import JobControl
 from modules.request import GenerationRequest
@@ -23,18 +20,6 @@ from tests.test_engine import H, W, picture, png
 @pytest.fixture()
 def model(depth_ckpt):
     return load_model(depth_ckpt.path)
-
-
-@pytest.fixture()
-def manager(tmp_path, depth_ckpt) -> ModelManager:
-    """A model manager over a folder holding the tiny depth checkpoint."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    shutil.copy(depth_ckpt.path, folder)
-    shutil.copy(depth_ckpt.config_path, folder)
-    registry = CheckpointRegistry([folder], HashCache(None))
-    registry.refresh()
-    return ModelManager(registry, device=torch.device("cpu"), dtype=torch.float32)
 
 
 def unet_out(model):

@@ -42,18 +42,17 @@ def apply(model: StableDiffusionModel, settings: Any) -> dict[str, Any]:
     current = model.optimizations
     for key, off in (("channels_last", False), ("prepack_conv", False), ("tome", 0.0), ("compile", False)):
         current.setdefault(key, off)  # a freshly loaded model has none of them
-    if target["channels_last"] != current.get("channels_last", False):
+    if target["channels_last"] != current["channels_last"]:
         fmt = torch.channels_last if target["channels_last"] else torch.contiguous_format
         model.unet.to(memory_format=fmt)
         model.vae.to(memory_format=fmt)
         current["channels_last"] = target["channels_last"]
     if target["prepack_conv"] != current["prepack_conv"]:
-        _set_prepack(model, target["prepack_conv"])
-        current["prepack_conv"] = target["prepack_conv"]
-    if target["tome"] != current.get("tome", 0.0):
+        current["prepack_conv"] = _set_prepack(model, target["prepack_conv"])
+    if target["tome"] != current["tome"]:
         _set_token_merging(model, target["tome"])
         current["tome"] = target["tome"]
-    if target["compile"] != current.get("compile", False):
+    if target["compile"] != current["compile"]:
         _set_compile(model, target["compile"])
         current["compile"] = target["compile"]
     return dict(current)
@@ -135,10 +134,11 @@ def prepack_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
-def _set_prepack(model: StableDiffusionModel, on: bool) -> None:
+def _set_prepack(model: StableDiffusionModel, on: bool) -> bool:
+    """Patch (or unpatch) the convolutions; returns whether pre-packing is now on."""
     if on and not prepack_available():
         log.warning("Pre-packed convolutions need PyTorch built with oneDNN (mkldnn); option ignored")
-        return
+        return False
     count = 0
     for module in (_plain_unet(model), model.vae):
         for conv in module.modules():
@@ -150,6 +150,7 @@ def _set_prepack(model: StableDiffusionModel, on: bool) -> None:
             elif not on and isinstance(conv.__dict__.get("forward"), PackedConv):
                 del conv.forward
     log.info("Pre-packed oneDNN convolutions %s%s", "on" if on else "off", f" ({count} layers)" if on else "")
+    return on
 
 
 def _plain_unet(model: StableDiffusionModel):

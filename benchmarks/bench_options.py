@@ -40,6 +40,7 @@ def main() -> None:
         "exact (default: float32, contiguous, SDPA)": EXACT,
         "channels-last": {"opt_channels_last": True},
         "pre-packed oneDNN convs": {**EXACT, "opt_prepack_conv": True},
+        "Winograd convs": {**EXACT, "opt_winograd_conv": True},
         "token merging 0.3": {**EXACT, "token_merging_ratio": 0.3},
         "token merging 0.5": {**EXACT, "token_merging_ratio": 0.5},
         "negative guidance min sigma 5": {**EXACT, "s_min_uncond": 5.0},
@@ -67,8 +68,8 @@ def main() -> None:
         if overrides is EXACT:
             seconds, img = base_s, base_img
         else:
-            if overrides.get("opt_torch_compile") or overrides.get("opt_prepack_conv"):
-                run(overrides)  # compile / pack once at this size, untimed
+            if any(overrides.get(k) for k in ("opt_torch_compile", "opt_prepack_conv", "opt_winograd_conv")):
+                run(overrides)  # compile / pack / transform once at this size, untimed
             seconds, img = run(overrides)
         diff = int(np.abs(img.astype(int) - base_img.astype(int)).max())
         row = {"seconds": seconds, "speedup": base_s / seconds, "max_pixel_diff": diff, "psnr_db": psnr(img, base_img)}

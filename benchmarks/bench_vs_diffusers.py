@@ -10,7 +10,7 @@ plain diffusers script has; the allocator cannot be compared fairly by switching
 process (the heap one arm leaves behind is what the next arm starts from).
 
     python benchmarks/bench_vs_diffusers.py --ckpt /big/sd2depth_rand1234.safetensors [--runs 3] \\
-        [--arms ours,ours+prepack,diffusers,diffusers+alloc] [--samplers DDIM] [--fresh-process]
+        [--arms ours,ours+winograd,diffusers,...] [--samplers DDIM] [--fresh-process]
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def diffusers_pipeline(model, scheduler) -> StableDiffusionDepth2ImgPipeline:
 ARMS = {
     "ours": ("ours", {}, True),
     "ours+prepack": ("ours", {"opt_prepack_conv": True}, True),
+    "ours+winograd": ("ours", {"opt_winograd_conv": True}, True),
+    "ours+winograd+prepack": ("ours", {"opt_winograd_conv": True, "opt_prepack_conv": True}, True),
     "diffusers": ("diffusers", {}, False),
     "diffusers+alloc": ("diffusers", {}, True),
 }

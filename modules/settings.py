@@ -79,6 +79,11 @@ class Settings:
         "Pre-packed oneDNN convolution weights for the UNet and VAE (CPU; ~5% faster, +3 GB RAM for SD2)",
         "Optimizations",
     )
+    opt_winograd_conv: bool = opt(
+        False,
+        "Winograd 3x3 convolutions for the UNet and VAE (CPU; ~15% faster, +2.3 GB RAM for SD2 at 512x512)",
+        "Optimizations",
+    )
     opt_torch_compile: bool = opt(False, "torch.compile the UNet (slow first run at each size)", "Optimizations")
     token_merging_ratio: float = opt(
         0.0, "Token merging ratio (tomesd; lossy, faster at large sizes)", "Optimizations", minimum=0.0, maximum=0.9

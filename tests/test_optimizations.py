@@ -86,7 +86,56 @@ def test_prepacked_convolution_follows_weight_edits_shapes_and_falls_back():
 
 def test_prepack_is_not_combined_with_torch_compile():
     wanted = optimizations.wanted(Settings().override({"opt_prepack_conv": True, "opt_torch_compile": True}))
-    assert wanted == {"channels_last": False, "prepack_conv": False, "compile": True, "tome": 0.0}
+    assert wanted == {"channels_last": False, "prepack_conv": False, "winograd_conv": False, "compile": True,
+                      "tome": 0.0}  # fmt: skip
+
+
+def test_winograd_convolutions_are_within_float_tolerance_and_reversible(model, monkeypatch):
+    monkeypatch.setattr(optimizations.WinogradConv, "MIN_TILES", 1)  # the tiny model's inputs are small
+    monkeypatch.setattr(optimizations.WinogradConv, "MIN_CHANNELS", 1)
+    ref = unet_out(model)
+    z = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(1))
+    ref_image = model.decode_first_stage(z)
+    applied = optimizations.apply(model, Settings().override({"opt_winograd_conv": True, "opt_prepack_conv": True}))
+    assert applied["winograd_conv"] and applied["prepack_conv"]
+    convs = [m for part in (model.unet, model.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+    wino = [m for m in convs if isinstance(m.forward, optimizations.WinogradConv)]
+    three = [m for m in convs if m.kernel_size == (3, 3) and m.stride == (1, 1)]
+    assert wino and len(wino) == len(three)  # every 3x3 stride-1 conv; the others pre-packed
+    assert all(isinstance(m.forward, optimizations.PackedConv) for m in convs if m not in wino)
+    assert all(isinstance(m.forward.fallback, optimizations.PackedConv) for m in wino)
+    assert torch.allclose(unet_out(model), ref, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(model.decode_first_stage(z), ref_image, rtol=1e-4, atol=1e-5)
+    assert all(m.forward.u is not None for m in wino if m in set(model.unet.modules()))  # Winograd ran
+    optimizations.apply(model, Settings().override({"opt_winograd_conv": False}))
+    assert not packed_convs(model)
+    assert torch.equal(unet_out(model), ref)
+
+
+def test_winograd_convolution_follows_weight_edits_and_falls_back():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    assert optimizations.WinogradConv.supports(conv)
+    assert not optimizations.WinogradConv.supports(torch.nn.Conv2d(64, 64, 3, padding=1, stride=2))
+    assert not optimizations.WinogradConv.supports(torch.nn.Conv2d(64, 64, 1))
+    assert not optimizations.WinogradConv.supports(torch.nn.Conv2d(4, 64, 3, padding=1))  # too thin
+    fast = optimizations.WinogradConv(conv)
+    small, big = torch.randn(2, 64, 8, 8), torch.randn(2, 64, 16, 17)
+    with torch.no_grad():
+        exact = conv._conv_forward(small, conv.weight, conv.bias)
+        assert torch.equal(fast(small), exact) and fast.u is None  # under 16x16: the module's own path
+        assert torch.allclose(fast(big), conv._conv_forward(big, conv.weight, conv.bias), atol=1e-5)
+        u = fast.u
+        assert u is not None and fast(big) is not None and fast.u is u  # made once
+        conv.weight.mul_(1.5)  # an extension editing weights in place: the next call re-transforms
+        assert torch.allclose(fast(big), conv._conv_forward(big, conv.weight, conv.bias), atol=1e-5)
+        assert fast.u is not u
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes the module's own path
+            assert fast(big).dtype == torch.bfloat16
+    x = big.clone().requires_grad_()
+    with torch.enable_grad():
+        fast(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
 
 
 def test_token_merging_changes_output_and_is_removable(model):

@@ -45,20 +45,28 @@ def packed_convs(model) -> list:
     return [m for part in (model.unet, model.vae) for m in part.modules() if "forward" in m.__dict__]
 
 
-def test_prepacked_convolutions_are_within_float_tolerance_and_reversible(model):
-    ref = unet_out(model)
+def outputs(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet's output and the VAE decoder's image for fixed inputs."""
     z = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(1))
-    ref_image = model.decode_first_stage(z)
+    return unet_out(model), model.decode_first_stage(z)
+
+
+def assert_within_float_tolerance(model, ref: tuple[torch.Tensor, torch.Tensor]) -> None:
+    for got, want in zip(outputs(model), ref, strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_prepacked_convolutions_are_within_float_tolerance_and_reversible(model):
+    ref = outputs(model)
     applied = optimizations.apply(model, Settings().override({"opt_prepack_conv": True}))
     assert applied["prepack_conv"]
     convs = [m for part in (model.unet, model.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
     assert packed_convs(model) and all(isinstance(m.forward, optimizations.PackedConv) for m in convs)
-    assert torch.allclose(unet_out(model), ref, rtol=1e-4, atol=1e-5)
-    assert torch.allclose(model.decode_first_stage(z), ref_image, rtol=1e-4, atol=1e-5)
+    assert_within_float_tolerance(model, ref)
     assert any(m.forward.packed for m in convs)  # the packed path ran (not the module's own)
     optimizations.apply(model, Settings().override({"opt_prepack_conv": False}))
     assert not packed_convs(model)
-    assert torch.equal(unet_out(model), ref)
+    assert torch.equal(unet_out(model), ref[0])
 
 
 def test_prepacked_convolution_follows_weight_edits_shapes_and_falls_back():
@@ -93,9 +101,7 @@ def test_prepack_is_not_combined_with_torch_compile():
 def test_winograd_convolutions_are_within_float_tolerance_and_reversible(model, monkeypatch):
     monkeypatch.setattr(optimizations.WinogradConv, "MIN_TILES", 1)  # the tiny model's inputs are small
     monkeypatch.setattr(optimizations.WinogradConv, "MIN_CHANNELS", 1)
-    ref = unet_out(model)
-    z = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(1))
-    ref_image = model.decode_first_stage(z)
+    ref = outputs(model)
     applied = optimizations.apply(model, Settings().override({"opt_winograd_conv": True, "opt_prepack_conv": True}))
     assert applied["winograd_conv"] and applied["prepack_conv"]
     convs = [m for part in (model.unet, model.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -104,12 +110,11 @@ def test_winograd_convolutions_are_within_float_tolerance_and_reversible(model, 
     assert wino and len(wino) == len(three)  # every 3x3 stride-1 conv; the others pre-packed
     assert all(isinstance(m.forward, optimizations.PackedConv) for m in convs if m not in wino)
     assert all(isinstance(m.forward.fallback, optimizations.PackedConv) for m in wino)
-    assert torch.allclose(unet_out(model), ref, rtol=1e-4, atol=1e-5)
-    assert torch.allclose(model.decode_first_stage(z), ref_image, rtol=1e-4, atol=1e-5)
+    assert_within_float_tolerance(model, ref)
     assert all(m.forward.u is not None for m in wino if m in set(model.unet.modules()))  # Winograd ran
     optimizations.apply(model, Settings().override({"opt_winograd_conv": False}))
     assert not packed_convs(model)
-    assert torch.equal(unet_out(model), ref)
+    assert torch.equal(unet_out(model), ref[0])
 
 
 def test_winograd_convolution_follows_weight_edits_and_falls_back():

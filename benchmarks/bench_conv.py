@@ -54,7 +54,8 @@ def main() -> None:
             "pre-packed": lambda f=packed, xi=xin: f(xi),
             "Winograd": lambda f=fast, xi=xin: f(xi),
         }
-        ref = F.conv2d(xin.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        bias = None if conv.bias is None else conv.bias.double()
+        ref = F.conv2d(xin.double(), conv.weight.double(), bias, padding=1)
         for algo, f in run.items():
             errors[algo] = max(errors[algo], ((f().double() - ref).abs().max() / ref.abs().max()).item())
         best = dict.fromkeys(ALGOS, float("inf"))

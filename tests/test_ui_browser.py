@@ -6,6 +6,7 @@ depth checkpoint, tiny images.  Screenshots of every tab at 1280x800 go to tests
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import time
@@ -129,9 +130,23 @@ def wait_for_info(page: Page, tab: str, text: str) -> str:
     return info.inner_text()
 
 
+_FETCH_BASE64 = """async (src) => {
+    const response = await fetch(src);
+    if (!response.ok) throw new Error(`${response.status} for ${src}`);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(text);
+}"""
+
+
 def fetch_image(page: Page, img: Locator) -> np.ndarray:
-    src = img.get_attribute("src")
-    data = page.request.get(src).body()
+    """The image's file as the browser gets it.
+
+    Fetched by the page itself, not by Playwright's request context: that one reuses a kept-alive
+    connection the server may have just closed as idle, and fails with ECONNRESET instead of retrying.
+    """
+    data = base64.b64decode(page.evaluate(_FETCH_BASE64, img.get_attribute("src")))
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 

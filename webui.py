@@ -50,6 +50,7 @@ def create_service(args) -> Service:
     device = devices.resolve_device(args.device)
     dtype = devices.resolve_dtype(device, args.precision, args.no_half)
     log.info("Device: %s", devices.describe(device, dtype))
+    offload_mode = devices.offload_mode(device, getattr(args, "medvram", False), getattr(args, "lowvram", False))
     registry = CheckpointRegistry(model_folders(args), HashCache(data_dir / "cache.json"), hashing=not args.no_hashing)
     found = registry.refresh()
     log.info("Found %d checkpoint(s) in %s", len(found), ", ".join(map(str, registry.folders)))
@@ -59,6 +60,7 @@ def create_service(args) -> Service:
         dtype=dtype,
         allow_unsafe=args.disable_safe_unpickle,
         keep_in_memory=settings.sd_checkpoints_limit,
+        offload_mode=offload_mode,
     )
     extensions = ExtensionRegistry.load([BUILTIN_DIR, data_dir / "extensions"], settings.disabled_extensions)
     return Service(

@@ -55,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: float32 everywhere; autocast: float16 (bfloat16 where supported) on GPU, float32 on CPU",
     )
     compute.add_argument("--no-half", action="store_true", help="keep the model in float32 (same as --precision full)")
+    vram = compute.add_mutually_exclusive_group()
+    vram.add_argument(
+        "--medvram",
+        action="store_true",
+        help="keep the weights in RAM and move each part (text encoder, MiDaS, VAE, UNet) to the GPU only while "
+        "it runs: much less VRAM, a little slower; no effect with --device cpu",
+    )
+    vram.add_argument(
+        "--lowvram",
+        action="store_true",
+        help="as --medvram with smaller parts (the UNet block by block): the least VRAM, much slower",
+    )
     compute.add_argument(
         "--malloc-default",
         action="store_true",

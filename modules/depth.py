@@ -88,9 +88,12 @@ def to_latent_conditioning(depth: torch.Tensor, latent_hw: tuple[int, int]) -> t
     return normalize_depth(depth)
 
 
-def midas_depth(model: DPTForDepthEstimation, images: torch.Tensor) -> torch.Tensor:
-    """Raw MiDaS prediction [B,1,h,w] (float32, at MiDaS resolution) of images in [-1, 1]."""
-    device = next(model.parameters()).device
+def midas_depth(model: DPTForDepthEstimation, images: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """Raw MiDaS prediction [B,1,h,w] (float32, at MiDaS resolution) of images in [-1, 1], run on `device`.
+
+    `device` defaults to the model's; it differs when the model is offloaded (modules.offload).
+    """
+    device = device or next(model.parameters()).device
     pixel_values = midas_preprocess(images).to(device)
     return dpt_forward(model, pixel_values).unsqueeze(1).float()
 

@@ -1,8 +1,12 @@
-"""Device and dtype choice (--device, --precision, --no-half)."""
+"""Device and dtype choice (--device, --precision, --no-half, --medvram, --lowvram)."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -30,3 +34,12 @@ def resolve_dtype(device: torch.device, precision: str = "autocast", no_half: bo
 def describe(device: torch.device, dtype: torch.dtype) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return f"{name}, {str(dtype).removeprefix('torch.')}"
+
+
+def offload_mode(device: torch.device, medvram: bool = False, lowvram: bool = False) -> str:
+    """modules.offload's mode for the flags: 'low', 'med' or 'none' (on CPU the weights are in RAM already)."""
+    mode = "low" if lowvram else "med" if medvram else "none"
+    if mode != "none" and device.type == "cpu":
+        log.warning("--%svram has no effect on the CPU: the model computes where its weights are, in RAM", mode)
+        return "none"
+    return mode

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from modules import checkpoints
+from modules import checkpoints, offload
 from modules.checkpoints import CheckpointInfo, CheckpointRegistry
 from modules.errors import NoModelLoadedError
 from modules.sd_model import StableDiffusionModel
@@ -46,6 +46,7 @@ class ModelManager:
         dtype: torch.dtype,
         allow_unsafe: bool = False,
         keep_in_memory: int = 1,
+        offload_mode: str = "none",
         on_loaded: Callable[[StableDiffusionModel], None] | None = None,
     ):
         self.registry = registry
@@ -53,6 +54,9 @@ class ModelManager:
         self.dtype = dtype
         self.allow_unsafe = allow_unsafe
         self.keep_in_memory = max(1, keep_in_memory)
+        if offload_mode not in offload.MODES:
+            raise ValueError(f"unknown offload mode {offload_mode!r}; expected one of {offload.MODES}")
+        self.offload_mode = offload_mode  # med/low: weights in RAM, each part moved to `device` to run
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # filename -> model, most recent last
         self._current: LoadedModel | None = None
         self._lock = threading.RLock()
@@ -70,25 +74,38 @@ class ModelManager:
             cached = self._loaded.get(info.filename)
             if cached is not None:
                 self._loaded.move_to_end(info.filename)
-                self._current = cached
+                self._make_current(cached)
                 return cached
             t0 = time.perf_counter()
+            offloaded = self.offload_mode != "none"
             try:
                 model = checkpoints.load_model(
-                    info.filename, info.config, device=self.device, dtype=self.dtype, allow_unsafe=self.allow_unsafe
+                    info.filename,
+                    info.config,
+                    device="cpu" if offloaded else self.device,
+                    dtype=self.dtype,
+                    allow_unsafe=self.allow_unsafe,
                 )
             except Exception as e:
                 self.last_error = f"{info.title}: {e}"
                 raise
+            if offloaded:
+                offload.enable(model, self.offload_mode, self.device)
             if self.on_loaded is not None:
                 self.on_loaded(model)
             loaded = LoadedModel(info, model, time.perf_counter() - t0)
             self._loaded[info.filename] = loaded
-            self._current = loaded
+            self._make_current(loaded)
             self.last_error = None
             self._evict()
             log.info("Loaded %s in %.1fs", info.title, loaded.load_seconds)
             return loaded
+
+    def _make_current(self, loaded: LoadedModel) -> None:
+        previous = self._current
+        if previous is not None and previous is not loaded and previous.model.offloader is not None:
+            previous.model.offloader.release()  # its part on the GPU back to RAM
+        self._current = loaded
 
     def _evict(self) -> None:
         while len(self._loaded) > self.keep_in_memory:

@@ -64,8 +64,7 @@ def apply(model: StableDiffusionModel, settings: Any) -> dict[str, Any]:
         _set_token_merging(model, target["tome"])
         current["tome"] = target["tome"]
     if target["compile"] != current["compile"]:
-        _set_compile(model, target["compile"])
-        current["compile"] = target["compile"]
+        current["compile"] = _set_compile(model, target["compile"])
     return dict(current)
 
 
@@ -79,10 +78,16 @@ def _set_token_merging(model: StableDiffusionModel, ratio: float) -> None:
         log.info("Token merging on (ratio %.2f)", ratio)
 
 
-def _set_compile(model: StableDiffusionModel, on: bool) -> None:
+def _set_compile(model: StableDiffusionModel, on: bool) -> bool:
     plain = _plain_unet(model)
+    if on and model.offloader is not None:
+        log.warning(
+            "torch.compile is not used with --medvram/--lowvram: moving weights between calls breaks its graphs"
+        )
+        on = False
     model.unet = torch.compile(plain) if on else plain
     log.info("torch.compile for the UNet %s (the first generation at each size compiles)", "on" if on else "off")
+    return on
 
 
 def _cpu_inference(x: torch.Tensor, w: torch.Tensor) -> bool:

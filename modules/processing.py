@@ -348,7 +348,7 @@ def depth_for(ctx: ProcessingContext, loaded: LoadedModel, request: GenerationRe
     key = (loaded.key, hashlib.sha256(pixels.numpy().tobytes()).hexdigest(), latent_hw)
 
     def compute():
-        raw = depth.midas_depth(model.require_depth(), pixels)
+        raw = depth.midas_depth(model.require_depth(), pixels, model.device)
         cond = depth.to_latent_conditioning(raw, latent_hw)
         return cond.cpu(), torch.from_numpy(depth.depth_for_display(raw, (request.height, request.width)))
 

@@ -23,7 +23,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, DPTForDepthEstimation
 
-from modules import convert, depth
+from modules import convert, depth, offload
 from modules.errors import UserError
 from modules.model_config import ModelConfig
 from modules.tokenizer import ClipTokenizer
@@ -70,6 +70,8 @@ class StableDiffusionModel:
         self.depth_model = depth_model
         self.report = report
         self.optimizations: dict = {}  # what modules.optimizations applied
+        self.offloader = None  # modules.offload: parts kept in RAM and moved to execution_device to run
+        self.execution_device: torch.device | None = None
         self.parameterization = config.parameterization
         self.scale_factor = config.scale_factor
         self.conditioning_key = config.conditioning_key
@@ -92,7 +94,8 @@ class StableDiffusionModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where the model computes (with offloading, not where its weights are between calls)."""
+        return self.execution_device or next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -108,7 +111,11 @@ class StableDiffusionModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> StableDiffusionModel:
-        """UNet, VAE and text encoder to `dtype`; the depth model stays float32 (OpenCV and DPT need it)."""
+        """UNet, VAE and text encoder to `dtype`; the depth model stays float32 (OpenCV and DPT need it).
+
+        Turns offloading off: every part goes to `device`.
+        """
+        offload.disable(self)
         device = torch.device(device)
         targets = [(self.unet, dtype), (self.vae, dtype), (self.text_encoder, dtype), (self.depth_model, torch.float32)]
         for module, wanted in targets:
@@ -120,7 +127,7 @@ class StableDiffusionModel:
     @torch.no_grad()
     def encode_tokens(self, tokens: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
         """[B, 77] token ids -> [B, 77, C] context; clip_skip > 1 takes an earlier layer, then the final norm."""
-        tokens = tokens.to(self.text_encoder.device)
+        tokens = tokens.to(self.device)
         if clip_skip <= 1:
             return self.text_encoder(input_ids=tokens).last_hidden_state
         out = self.text_encoder(input_ids=tokens, output_hidden_states=True)
@@ -134,12 +141,12 @@ class StableDiffusionModel:
     @torch.no_grad()
     def encode_first_stage(self, x: torch.Tensor):
         """[B,3,H,W] in [-1,1] -> the VAE posterior (unscaled); ``.sample(generator)`` or ``.mean``."""
-        return self.vae.encode(x.to(self.vae.device, self.vae.dtype)).latent_dist
+        return self.vae.encode(x.to(self.device, self.vae.dtype)).latent_dist
 
     @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> [B,3,H,W] in [-1,1] (unclamped, as LDM)."""
-        z = (1.0 / self.scale_factor) * z.to(self.vae.device, self.vae.dtype)
+        z = (1.0 / self.scale_factor) * z.to(self.device, self.vae.dtype)
         return self.vae.decode(z).sample
 
     # --- depth ------------------------------------------------------------------------------------
@@ -154,7 +161,7 @@ class StableDiffusionModel:
     def depth_conditioning(self, x: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [-1,1] -> MiDaS depth [B,1,H/8,W/8] in [-1,1] (LDM's AddMiDaS + depth2img demo)."""
         model = self.require_depth()
-        raw = depth.midas_depth(model, x)
+        raw = depth.midas_depth(model, x, self.device)
         latent_hw = (x.shape[-2] // self.vae_scale, x.shape[-1] // self.vae_scale)
         return depth.to_latent_conditioning(raw, latent_hw).to(x.device)
 

@@ -179,7 +179,7 @@ class Service:
             model = loaded.model.require_depth()
             img = images.decode_image(image, "image", max_pixels=self._settings.max_input_pixels,
                                       background=self._settings.img2img_background_color)  # fmt: skip
-            raw = depth.midas_depth(model, images.to_tensor(img))
+            raw = depth.midas_depth(model, images.to_tensor(img), loaded.model.device)
             return depth.depth_for_display(raw, (img.height, img.width))
 
         return self.worker.run(job, "depth")

@@ -2,8 +2,9 @@
 
 ``med``: each component (text encoder, depth model, VAE, UNet) is moved to the GPU when it runs and
 the one there before goes back to RAM, so one component's weights are on the GPU at a time.
-``low``: the same with smaller parts: the UNet's down, mid and up blocks one by one and the VAE's
-encoder and decoder apart; the rest of the UNet and VAE (a few MB) stays on the GPU.  Slower, since
+``low``: the same with smaller parts: the UNet's down, mid and up blocks one by one, the text
+encoder's layers one by one, the VAE's encoder and decoder apart; the rest of the UNet, VAE and text
+encoder (a few MB) stays on the GPU.  Slower, since
 the UNet's weights cross the bus at every step.
 
 Built on accelerate's module hooks (as diffusers' ``enable_model_cpu_offload``), so diffusers'
@@ -129,15 +130,20 @@ def plan(model, mode: str) -> tuple[list[Unit], list[nn.Module]]:
     """The units and the always-resident shell of `model` (a StableDiffusionModel) for `mode`."""
     if mode not in ("med", "low"):
         raise ValueError(f"unknown offload mode {mode!r}; expected one of {MODES}")
-    # the text encoder and MiDaS are called part by part (clip skip, DPT at any size): every leaf brings them
-    units = [Unit("text_encoder", model.text_encoder, leaves(model.text_encoder))]
+    if mode == "med":
+        # the text encoder and MiDaS are called part by part (clip skip, DPT at any size): every leaf
+        # brings them; diffusers' encode/decode call the VAE's hook themselves
+        units = [Unit("text_encoder", model.text_encoder, leaves(model.text_encoder))]
+        if model.depth_model is not None:
+            units.append(Unit("depth_model", model.depth_model, leaves(model.depth_model)))
+        return [*units, Unit("vae", model.vae, [model.vae]), Unit("unet", model.unet, [model.unet])], []
+    # low: the text encoder layer by layer too (whole, at 0.68 GB in float16, it would be the largest part)
+    text = getattr(model.text_encoder, "text_model", model.text_encoder)  # transformers 4 nests it
+    units = [Unit("text_encoder.embeddings", text.embeddings, [text.embeddings])]
+    units += [Unit(f"text_encoder.layers.{i}", layer, [layer]) for i, layer in enumerate(text.encoder.layers)]
+    shell = [text.final_layer_norm]
     if model.depth_model is not None:
         units.append(Unit("depth_model", model.depth_model, leaves(model.depth_model)))
-    if mode == "med":
-        # diffusers' encode/decode call the VAE's hook themselves
-        units += [Unit("vae", model.vae, [model.vae]), Unit("unet", model.unet, [model.unet])]
-        return units, []
-    shell = []
     for prefix, parent, blocks in (("vae", model.vae, VAE_BLOCKS), ("unet", model.unet, UNET_BLOCKS)):
         for name, child in parent.named_children():
             if name not in blocks:

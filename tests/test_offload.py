@@ -105,8 +105,11 @@ def test_every_weight_is_in_exactly_one_part(depth_model):
         assert len(owned) == len(set(owned)) and set(owned) == everything, mode
     units, shell = offload.plan(depth_model, "low")
     names = {u.name for u in units}
-    assert {"unet.down_blocks.0", "unet.mid_block", "unet.up_blocks.0", "vae.encoder", "vae.decoder"} <= names
+    assert {"unet.down_blocks.0", "unet.mid_block", "unet.up_blocks.0", "vae.encoder", "vae.decoder",
+            "text_encoder.embeddings", "text_encoder.layers.0", "depth_model"} <= names  # fmt: skip
     assert sum(offload.nbytes(m) for m in shell) < 0.05 * offload.nbytes(depth_model.unet)
+    text_parts = [u for u in units if u.name.startswith("text_encoder.")]
+    assert len(text_parts) == 1 + len(depth_model.text_encoder.encoder.layers)
     with pytest.raises(ValueError, match="unknown offload mode"):
         offload.plan(depth_model, "ultra")
 

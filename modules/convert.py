@@ -147,7 +147,8 @@ def build_unet(config: ModelConfig, sd: dict[str, torch.Tensor]) -> UNet2DCondit
     """diffusers UNet2DConditionModel from ``model.diffusion_model.*``."""
     unet_cfg = sfu.create_unet_diffusers_config_from_ldm(_original_config(config), sd)
     unet_cfg["sample_size"] = config.latent_size
-    # LDM UNets run attention at full precision; diffusers' flag makes fp16 runs do the same.
+    # LDM runs SD2's attention in float32. diffusers' SDPA processor ignores this flag; the
+    # upcast_attn setting (modules.attention) is what does it.
     unet_cfg["upcast_attention"] = config.text_encoder == "open_clip"
     converted = sfu.convert_ldm_unet_checkpoint(sd, unet_cfg)
     with init_empty_weights():

@@ -17,6 +17,8 @@ Model-level (applied when a model is loaded and when the settings change):
   module's own path runs.
 * ``opt_torch_compile``: ``torch.compile`` the UNet (slow first run, recompiles per resolution).
 * ``token_merging_ratio``: token merging (the ``tomesd`` package) in the UNet's self-attention; lossy.
+* ``upcast_attn``: the UNet's attention in float32 for float16/bfloat16 models (``modules.attention``),
+  as LDM computes SD2's; a precision option (against NaN/black images), no change in float32.
 Per job (see ``pipeline.Guidance``): ``s_min_uncond`` (A1111's negative guidance minimum sigma)
 and ``cpu_bf16_autocast``.
 """
@@ -28,7 +30,7 @@ from typing import Any
 
 import torch
 
-from modules import winograd
+from modules import attention, winograd
 from modules.sd_model import StableDiffusionModel
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ def wanted(settings: Any) -> dict[str, Any]:
         "prepack_conv": bool(settings.opt_prepack_conv) and not settings.opt_torch_compile,
         "winograd_conv": bool(settings.opt_winograd_conv) and not settings.opt_torch_compile,
         "compile": bool(settings.opt_torch_compile),
+        "upcast_attn": bool(settings.upcast_attn),
         "tome": float(settings.token_merging_ratio),
     }
 
@@ -49,7 +52,7 @@ def apply(model: StableDiffusionModel, settings: Any) -> dict[str, Any]:
     target = wanted(settings)
     current = model.optimizations
     for key, off in (("channels_last", False), ("prepack_conv", False), ("winograd_conv", False), ("tome", 0.0),
-                     ("compile", False)):  # fmt: skip
+                     ("compile", False), ("upcast_attn", False)):  # fmt: skip
         current.setdefault(key, off)  # a freshly loaded model has none of them
     if target["channels_last"] != current["channels_last"]:
         fmt = torch.channels_last if target["channels_last"] else torch.contiguous_format
@@ -63,6 +66,10 @@ def apply(model: StableDiffusionModel, settings: Any) -> dict[str, Any]:
     if target["tome"] != current["tome"]:
         _set_token_merging(model, target["tome"])
         current["tome"] = target["tome"]
+    if target["upcast_attn"] != current["upcast_attn"]:
+        count = attention.set_upcast(_plain_unet(model), target["upcast_attn"])
+        log.info("Attention in float32: %s (%d layers)", "on" if target["upcast_attn"] else "off", count)
+        current["upcast_attn"] = target["upcast_attn"]
     if target["compile"] != current["compile"]:
         current["compile"] = _set_compile(model, target["compile"])
     return dict(current)

@@ -375,7 +375,8 @@ def run_batch(job: Job, idx: list[int], seeds: list[int], subseeds: list[int]):
     if not torch.isfinite(latents).all():
         raise UserError(
             "A tensor with all NaNs was produced. This happens with some models in half precision: "
-            "restart with --no-half (or --precision full)."
+            "turn on Settings -> Optimizations -> Upcast cross attention layer to float32, "
+            "or restart with --no-half (or --precision full)."
         )
     memory.release_freed_memory()
     decoded = job.timed("decode", model.decode_first_stage, latents)

@@ -85,6 +85,12 @@ class Settings:
         "Optimizations",
     )
     opt_torch_compile: bool = opt(False, "torch.compile the UNet (slow first run at each size)", "Optimizations")
+    upcast_attn: bool = opt(
+        False,
+        "Upcast cross attention layer to float32 (float16/bfloat16 models: as LDM does for SD2; "
+        "try it if images come out black)",
+        "Optimizations",
+    )
     token_merging_ratio: float = opt(
         0.0, "Token merging ratio (tomesd; lossy, faster at large sizes)", "Optimizations", minimum=0.0, maximum=0.9
     )

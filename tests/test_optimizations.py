@@ -95,7 +95,7 @@ def test_prepacked_convolution_follows_weight_edits_shapes_and_falls_back():
 def test_prepack_is_not_combined_with_torch_compile():
     wanted = optimizations.wanted(Settings().override({"opt_prepack_conv": True, "opt_torch_compile": True}))
     assert wanted == {"channels_last": False, "prepack_conv": False, "winograd_conv": False, "compile": True,
-                      "tome": 0.0}  # fmt: skip
+                      "tome": 0.0, "upcast_attn": False}  # fmt: skip
 
 
 def test_winograd_convolutions_are_within_float_tolerance_and_reversible(model, monkeypatch):

@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     s.add_argument("--precision", default="autocast", choices=["full", "autocast"])
     s.add_argument("--no-half", action="store_true")
+    vram = s.add_mutually_exclusive_group()
+    vram.add_argument("--medvram", action="store_true", help="weights in RAM, each part on the GPU while it runs")
+    vram.add_argument("--lowvram", action="store_true", help="as --medvram with smaller parts: least VRAM, slowest")
     s.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -379,7 +382,7 @@ def webui_args(args: argparse.Namespace) -> argparse.Namespace:
         argv += ["--data-dir", str(args.data_dir)]
     if args.ckpt_dir is not None:
         argv += ["--ckpt-dir", str(args.ckpt_dir)]
-    for flag in ("no_hashing", "disable_safe_unpickle", "no_half"):
+    for flag in ("no_hashing", "disable_safe_unpickle", "no_half", "medvram", "lowvram"):
         if getattr(args, flag):
             argv.append("--" + flag.replace("_", "-"))
     return cmd_args.parse_args(argv)

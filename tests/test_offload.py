@@ -16,7 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from modules import cmd_args, devices, offload, optimizations
+from modules import batch_cli, cmd_args, devices, offload, optimizations
 from modules.checkpoints import CheckpointRegistry, HashCache
 from modules.hooks import Hooks
 from modules.model_manager import ModelManager
@@ -155,6 +155,9 @@ def test_flags_choose_the_mode_and_cpu_ignores_them(caplog):
     assert args.lowvram and not args.medvram
     with pytest.raises(SystemExit):
         cmd_args.parse_args(["--medvram", "--lowvram"])
+    batch = batch_cli.build_parser().parse_args(["--input", "in", "--output", "out", "--medvram", "--device", "cuda"])
+    passed = batch_cli.webui_args(batch)
+    assert passed.medvram and not passed.lowvram and passed.device == "cuda"
     with pytest.raises(ValueError, match="unknown offload mode"):
         ModelManager(CheckpointRegistry([], HashCache(None)), device=torch.device("cpu"), dtype=torch.float32,
                      offload_mode="high")  # fmt: skip

@@ -60,6 +60,7 @@ def create_service(args) -> Service:
         dtype=dtype,
         allow_unsafe=args.disable_safe_unpickle,
         keep_in_memory=settings.sd_checkpoints_limit,
+        keep_in_cpu=settings.sd_checkpoints_keep_in_cpu,
         offload_mode=offload_mode,
     )
     extensions = ExtensionRegistry.load([BUILTIN_DIR, data_dir / "extensions"], settings.disabled_extensions)

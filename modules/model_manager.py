@@ -47,6 +47,7 @@ class ModelManager:
         allow_unsafe: bool = False,
         keep_in_memory: int = 1,
         offload_mode: str = "none",
+        keep_in_cpu: bool = True,
         on_loaded: Callable[[StableDiffusionModel], None] | None = None,
     ):
         self.registry = registry
@@ -57,6 +58,7 @@ class ModelManager:
         if offload_mode not in offload.MODES:
             raise ValueError(f"unknown offload mode {offload_mode!r}; expected one of {offload.MODES}")
         self.offload_mode = offload_mode  # med/low: weights in RAM, each part moved to `device` to run
+        self.keep_in_cpu = keep_in_cpu  # on a GPU, the loaded models other than the current one wait in RAM
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # filename -> model, most recent last
         self._current: LoadedModel | None = None
         self._lock = threading.RLock()
@@ -78,6 +80,9 @@ class ModelManager:
                 return cached
             t0 = time.perf_counter()
             offloaded = self.offload_mode != "none"
+            previous = self._current
+            if previous is not None:
+                self._park(previous.model)  # room on the GPU before the new weights arrive
             try:
                 model = checkpoints.load_model(
                     info.filename,
@@ -88,6 +93,8 @@ class ModelManager:
                 )
             except Exception as e:
                 self.last_error = f"{info.title}: {e}"
+                if previous is not None:
+                    self._place(previous)  # it stays the current model, where it computes
                 raise
             if offloaded:
                 offload.enable(model, self.offload_mode, self.device)
@@ -103,9 +110,35 @@ class ModelManager:
 
     def _make_current(self, loaded: LoadedModel) -> None:
         previous = self._current
-        if previous is not None and previous is not loaded and previous.model.offloader is not None:
-            previous.model.offloader.release()  # its part on the GPU back to RAM
+        if previous is not None and previous is not loaded:
+            self._park(previous.model)
+        self._place(loaded)
         self._current = loaded
+
+    def _place(self, loaded: LoadedModel) -> None:
+        """A model onto the device it computes on (back from RAM after a switch)."""
+        model = loaded.model
+        if model.offloader is None and not _same_device(model.device, self.device):
+            t0 = time.perf_counter()
+            model.to(self.device, self.dtype)
+            log.info("Moved %s to %s in %.1fs", loaded.info.title, self.device, time.perf_counter() - t0)
+
+    def _park(self, model: StableDiffusionModel) -> None:
+        """A model that stops being current: its weights off the GPU if so configured."""
+        if model.offloader is not None:
+            model.offloader.release()  # its part on the GPU back to RAM
+        elif self.keep_in_cpu and self.device.type != "cpu" and model.device.type != "cpu":
+            model.to("cpu", self.dtype)
+
+    def set_keep_in_cpu(self, on: bool) -> None:
+        with self._lock:
+            self.keep_in_cpu = on
+            for loaded in self._loaded.values():
+                if loaded is not self._current:
+                    if on:
+                        self._park(loaded.model)
+                    else:
+                        self._place(loaded)
 
     def _evict(self) -> None:
         while len(self._loaded) > self.keep_in_memory:
@@ -158,3 +191,8 @@ class ModelManager:
     def loaded_titles(self) -> list[str]:
         with self._lock:
             return [m.info.title for m in self._loaded.values()]
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """'cuda' and 'cuda:0' are the same device for a model (the index is filled in when tensors go there)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)

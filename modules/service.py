@@ -77,6 +77,7 @@ class Service:
             for model in self.models.loaded_models():
                 optimizations.apply(model, new)
             self.models.set_keep_in_memory(new.sd_checkpoints_limit)
+            self.models.set_keep_in_cpu(new.sd_checkpoints_keep_in_cpu)
             self.depth_cache.size = new.depth_cache_size
             self._save()
         return new

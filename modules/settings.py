@@ -51,6 +51,11 @@ class Settings:
     sd_checkpoints_limit: int = opt(
         1, "Maximum number of checkpoints loaded at the same time", "Stable Diffusion", minimum=1, maximum=10
     )
+    sd_checkpoints_keep_in_cpu: bool = opt(
+        True,
+        "Only keep one model on device (the other loaded checkpoints wait in RAM, not in VRAM)",
+        "Stable Diffusion",
+    )
     CLIP_stop_at_last_layers: int = opt(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12)
     emphasis: str = opt("Original", "Emphasis mode", "Stable Diffusion", choices=["Original", "No norm", "None"])
     comma_padding_backtrack: int = opt(

@@ -23,6 +23,7 @@ from modules.model_manager import ModelManager
 from modules.processing import ProcessingContext, process
 from modules.progress import JobControl
 from modules.request import GenerationRequest
+from modules.sd_model import StableDiffusionModel
 from modules.settings import Settings
 from tests.test_engine import H, W, picture, png
 
@@ -161,3 +162,44 @@ def test_flags_choose_the_mode_and_cpu_ignores_them(caplog):
     with pytest.raises(ValueError, match="unknown offload mode"):
         ModelManager(CheckpointRegistry([], HashCache(None)), device=torch.device("cpu"), dtype=torch.float32,
                      offload_mode="high")  # fmt: skip
+
+
+def test_on_a_gpu_only_the_current_model_is_there(depth_ckpt, sd2_ckpt, tmp_path, monkeypatch):
+    """sd_checkpoints_keep_in_cpu (on by default): where each model is sent when the current one changes."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tiny-broken.safetensors").write_bytes(b"not a checkpoint")
+    mm = manager(tmp_path, depth_ckpt, "none", keep=3, also=[sd2_ckpt])
+    mm.registry.folders.append(broken)
+    mm.registry.refresh()
+    depth, sd2 = mm.load("tiny-depth").model, mm.load("tiny-sd2").model
+    # no GPU here: record where each model is sent instead of moving it
+    where: dict[int, torch.device] = {}
+    moves: list[tuple[str, str]] = []
+
+    def to(m, device, dtype):
+        where[id(m)] = torch.device(device)
+        moves.append(("depth" if m is depth else "sd2", where[id(m)].type))
+
+    monkeypatch.setattr(StableDiffusionModel, "device", property(lambda m: where.get(id(m), torch.device("cpu"))))
+    monkeypatch.setattr(StableDiffusionModel, "to", to)
+    mm.device = torch.device("cuda")
+
+    def placed() -> tuple[str, str]:
+        return depth.device.type, sd2.device.type
+
+    mm.load("tiny-depth")
+    assert placed() == ("cuda", "cpu")
+    mm.load("tiny-sd2")
+    assert placed() == ("cpu", "cuda")
+    moves.clear()
+    with pytest.raises(Exception, match="tiny-broken|safetensors|header"):
+        mm.load("tiny-broken")
+    assert moves == [("sd2", "cpu"), ("sd2", "cuda")]  # to RAM to make room, back when loading failed
+    assert placed() == ("cpu", "cuda") and mm.current.model is sd2
+    mm.set_keep_in_cpu(False)
+    assert placed() == ("cuda", "cuda")
+    mm.load("tiny-depth")
+    assert placed() == ("cuda", "cuda")
+    mm.set_keep_in_cpu(True)
+    assert placed() == ("cuda", "cpu")

@@ -379,7 +379,7 @@ def run_batch(job: Job, idx: list[int], seeds: list[int], subseeds: list[int]):
             "or restart with --no-half (or --precision full)."
         )
     memory.release_freed_memory()
-    decoded = job.timed("decode", model.decode_first_stage, latents)
+    decoded = job.timed("decode", _vae_call, job, model.decode_first_stage, latents)
     return [_finish(img, p) for img, p in zip(images.to_uint8(decoded), preps, strict=True)], depth_display, stopped
 
 
@@ -420,7 +420,7 @@ def _cached_init_latent(job: Job, p: PreparedImage) -> torch.Tensor:
     pixels = np.ascontiguousarray(np.asarray(source))
     key = ("init-latent", job.loaded.key, tuple(sorted(job.model.optimizations.items())), pixels.shape,
            hashlib.sha256(pixels.tobytes()).hexdigest(), (p.work.height, p.work.width))  # fmt: skip
-    return job.ctx.depth_cache.get_or_compute(key, lambda: _encode(job.model, p).cpu())
+    return job.ctx.depth_cache.get_or_compute(key, lambda: _encode(job, p).cpu())
 
 
 def _latent_inpaint(job: Job, preps, init: torch.Tensor, noise: torch.Tensor):
@@ -481,10 +481,24 @@ def _step_callback(job: Job, idx: list[int], seeds: list[int]):
     return on_step
 
 
-def _encode(model, p: PreparedImage) -> torch.Tensor:
+def _vae_call(job: Job, fn, x: torch.Tensor) -> torch.Tensor:
+    """`fn(x)` with the VAE; on NaN in half precision the VAE goes to float32 and runs again
+    (A1111's "Automatically revert VAE to 32-bit floats", setting auto_vae_precision)."""
+    out = fn(x)
+    vae = job.model.vae
+    if torch.isfinite(out).all() or vae.dtype == torch.float32 or not job.settings.auto_vae_precision:
+        return out
+    log.warning("The VAE produced NaNs in %s: it runs in float32 from now on", str(vae.dtype).removeprefix("torch."))
+    vae.to(torch.float32)
+    return fn(x)
+
+
+def _encode(job: Job, p: PreparedImage) -> torch.Tensor:
     """Scaled init latent of one image (the posterior mean: deterministic, batch-independent)."""
+    model = job.model
     source = p.latent_source if p.latent_source is not None else p.work
-    z = model.encode_first_stage(images.to_tensor(source)).mean.float() * model.scale_factor
+    mean = _vae_call(job, lambda x: model.encode_first_stage(x).mean, images.to_tensor(source))
+    z = mean.float() * model.scale_factor
     if p.latent_source is not None:
         target = (p.work.height // model.vae_scale, p.work.width // model.vae_scale)
         z = torch.nn.functional.interpolate(z, size=target, mode="bilinear")

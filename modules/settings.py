@@ -56,6 +56,12 @@ class Settings:
         "Only keep one model on device (the other loaded checkpoints wait in RAM, not in VRAM)",
         "Stable Diffusion",
     )
+    auto_vae_precision: bool = opt(
+        True,
+        "Automatically revert VAE to 32-bit floats (when it produces NaNs in half precision; "
+        "off: such images come out black)",
+        "Stable Diffusion",
+    )
     CLIP_stop_at_last_layers: int = opt(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12)
     emphasis: str = opt("Original", "Emphasis mode", "Stable Diffusion", choices=["Original", "No norm", "None"])
     comma_padding_backtrack: int = opt(

@@ -1,4 +1,5 @@
-"""upcast_attn (modules.attention): attention in float32 for half-precision models, nothing else changed."""
+"""Half precision safety nets: upcast_attn (modules.attention: attention in float32, nothing else
+changed) and auto_vae_precision (a VAE that overflows in float16 runs again in float32)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from modules import attention, optimizations
-from modules.checkpoints import load_model
+from modules.checkpoints import CheckpointRegistry, HashCache, load_model
+from modules.hooks import Hooks
+from modules.model_manager import ModelManager
+from modules.processing import ProcessingContext, process
+from modules.progress import JobControl
+from modules.request import GenerationRequest
 from modules.settings import Settings
+from tests.test_engine import H, W, picture, png
 from tests.test_optimizations import unet_out
 
 UPCAST = Settings().override({"upcast_attn": True})
@@ -104,3 +111,26 @@ def test_every_attention_form_matches_attention_written_out(kind, dtype):
     assert got.dtype == dtype and got.shape == x.shape
     tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
     assert torch.allclose(got.float(), want.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("auto", [True, False])
+def test_a_vae_that_overflows_in_float16_runs_again_in_float32(auto, depth_ckpt, tmp_path, caplog):
+    registry = CheckpointRegistry([depth_ckpt.path.parent], HashCache(None))
+    registry.refresh()
+    mm = ModelManager(registry, device=torch.device("cpu"), dtype=torch.float16)
+    model = mm.load("tiny-depth").model
+    with torch.no_grad():  # activations past float16's 65504 after the decoder's first conv; weights representable
+        model.vae.decoder.conv_in.weight.fill_(30000.0)
+    assert torch.isfinite(model.vae.decoder.conv_in.weight).all()
+    settings = Settings().override({"auto_vae_precision": auto})
+    request = GenerationRequest(prompt="x", init_images=[png(picture())], width=W, height=H, steps=2, seed=3,
+                                save_images=False)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        image = process(request, ProcessingContext(mm, settings, tmp_path, hooks=Hooks(), control=JobControl())).images[
+            0
+        ]
+    if auto:
+        assert model.vae.dtype == torch.float32 and "runs in float32 from now on" in caplog.text
+        assert image.std() > 0  # not a black square
+    else:
+        assert model.vae.dtype == torch.float16 and image.max() == 0  # what A1111 says: a black image

@@ -489,6 +489,7 @@ def _vae_call(job: Job, fn, x: torch.Tensor) -> torch.Tensor:
     if torch.isfinite(out).all() or vae.dtype == torch.float32 or not job.settings.auto_vae_precision:
         return out
     log.warning("The VAE produced NaNs in %s: it runs in float32 from now on", str(vae.dtype).removeprefix("torch."))
+    job.model.vae_float32 = True  # kept through moves between devices
     vae.to(torch.float32)
     return fn(x)
 

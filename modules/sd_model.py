@@ -72,6 +72,7 @@ class StableDiffusionModel:
         self.optimizations: dict = {}  # what modules.optimizations applied
         self.offloader = None  # modules.offload: parts kept in RAM and moved to execution_device to run
         self.execution_device: torch.device | None = None
+        self.vae_float32 = False  # set when the VAE gave NaN in half precision (auto_vae_precision)
         self.parameterization = config.parameterization
         self.scale_factor = config.scale_factor
         self.conditioning_key = config.conditioning_key
@@ -111,13 +112,20 @@ class StableDiffusionModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> StableDiffusionModel:
-        """UNet, VAE and text encoder to `dtype`; the depth model stays float32 (OpenCV and DPT need it).
+        """UNet, VAE and text encoder to `dtype`; the depth model stays float32 (OpenCV and DPT need it),
+        and so does a VAE that was reverted to float32.
 
         Turns offloading off: every part goes to `device`.
         """
         offload.disable(self)
         device = torch.device(device)
-        targets = [(self.unet, dtype), (self.vae, dtype), (self.text_encoder, dtype), (self.depth_model, torch.float32)]
+        vae_dtype = torch.float32 if self.vae_float32 else dtype
+        targets = [
+            (self.unet, dtype),
+            (self.vae, vae_dtype),
+            (self.text_encoder, dtype),
+            (self.depth_model, torch.float32),
+        ]
         for module, wanted in targets:
             if module is not None and any(p.dtype != wanted or p.device != device for p in module.parameters()):
                 module.to(device=device, dtype=wanted)

@@ -132,5 +132,7 @@ def test_a_vae_that_overflows_in_float16_runs_again_in_float32(auto, depth_ckpt,
     if auto:
         assert model.vae.dtype == torch.float32 and "runs in float32 from now on" in caplog.text
         assert image.std() > 0  # not a black square
+        model.to("cpu", torch.float16)  # e.g. parked in RAM and back on a GPU
+        assert model.vae.dtype == torch.float32 and model.unet.dtype == torch.float16
     else:
         assert model.vae.dtype == torch.float16 and image.max() == 0  # what A1111 says: a black image

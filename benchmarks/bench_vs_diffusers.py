@@ -10,7 +10,9 @@ plain diffusers script has; the allocator cannot be compared fairly by switching
 process (the heap one arm leaves behind is what the next arm starts from).
 
     python benchmarks/bench_vs_diffusers.py --ckpt /big/sd2depth_rand1234.safetensors [--runs 3] \\
-        [--arms ours,ours+winograd,diffusers,...] [--samplers DDIM] [--fresh-process]
+        [--arms ours,ours+winograd,diffusers,...] [--samplers DDIM] [--fresh-process] [--device cuda]
+
+On a GPU (``--device cuda``) both run in float16 with SDPA attention, timers synchronised.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from common import (
     peak_rss_mb,
     psnr,
     require_ckpt,
+    synchronize,
     test_image,
     write_json,
 )
@@ -89,6 +92,7 @@ def main() -> None:
     p.add_argument("--strength", type=float, default=0.75)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--samplers", default="Euler a,DDIM")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: both pipelines in float16")
     p.add_argument("--arms", default="ours,diffusers", help=f"comma-separated, from {', '.join(ARMS)}")
     p.add_argument(
         "--fresh-process",
@@ -101,7 +105,7 @@ def main() -> None:
     ckpt = require_ckpt(args)
     if args.fresh_process:
         return fresh_processes(args)
-    models = model_manager(ckpt, retain=ARMS[args.child][2] if args.child else True)
+    models = model_manager(ckpt, retain=ARMS[args.child][2] if args.child else True, device=args.device)
     loaded = models.load(ckpt.name)
     model = loaded.model
     dpt = model.depth_model
@@ -117,8 +121,10 @@ def main() -> None:
         req = GenerationRequest(prompt=PROMPT, init_images=[image_bytes], width=args.size, height=args.size,
                                 steps=steps or args.steps, denoising_strength=args.strength, cfg_scale=7.5,
                                 sampler_name=name, seed=1234, save_images=False)  # fmt: skip
+        synchronize()
         t0 = time.perf_counter()
         result = process(req, ctx)
+        synchronize()
         return time.perf_counter() - t0, result.images[0]
 
     def run_diffusers(name: str):
@@ -127,10 +133,12 @@ def main() -> None:
         sched = samplers.build_scheduler(spec, samplers.resolve_schedule(spec, "Automatic"), model.betas_f64, "eps")
         pipe = diffusers_pipeline(model, sched)
         extra = {"eta": 0.0} if spec.uses_eta else {}
+        synchronize()
         t0 = time.perf_counter()
         out = pipe(prompt=PROMPT, image=image, strength=args.strength, num_inference_steps=args.steps,
                    guidance_scale=7.5, negative_prompt="", generator=torch.Generator().manual_seed(1234),
                    output_type="np", **extra)  # fmt: skip
+        synchronize()
         return time.perf_counter() - t0, (out.images[0] * 255).round().astype(np.uint8)
 
     def run_arm(arm: str, name: str):
@@ -185,7 +193,8 @@ def fresh_processes(args) -> None:
         for run in range(args.runs):
             for arm in arms if run % 2 == 0 else arms[::-1]:
                 cmd = [sys.executable, __file__, "--ckpt", args.ckpt, "--steps", str(args.steps), "--strength",
-                       str(args.strength), "--size", str(args.size), "--samplers", name, "--child", arm]  # fmt: skip
+                       str(args.strength), "--size", str(args.size), "--samplers", name, "--child", arm,
+                       "--device", args.device]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 times[arm].append(row["seconds"])
@@ -210,6 +219,7 @@ def summarize(times: dict, stages: dict, against: str) -> dict:
             "median_s": median(times[arm]),
             "runs_s": times[arm],
             "unet_step_s": median(unet),
+            "unet_it_s": 1 / median(unet),  # CFG calls (= sampling steps) per second
             "unet_calls": st["unet"]["calls"],
             "stages_s": {k: median([s[k]["total_s"] for s in stages[arm] if k in s]) for k in st},
         }
@@ -223,7 +233,8 @@ def print_entry(name: str, e: dict) -> None:
     arms = e["arms"]
     print(f"\n== {name} (ratios to {e['ratio_to']})")
     for arm, a in arms.items():
-        print(f"   {arm:15s} {a['median_s']:7.1f}s  ratio {e['ratios'][arm]:.2f}  UNet/call {a['unet_step_s']:.2f}s"
+        print(f"   {arm:15s} {a['median_s']:7.1f}s  ratio {e['ratios'][arm]:.2f}  UNet/call {a['unet_step_s']:.3f}s"
+              f" ({a['unet_it_s']:.2f} it/s)"
               f"  runs {', '.join(f'{t:.1f}' for t in a['runs_s'])}")  # fmt: skip
     print("   stage    " + "".join(f"{arm:>16s}" for arm in arms))
     for stage in ("depth", "text", "encode", "unet", "decode"):

@@ -44,12 +44,13 @@ def require_ckpt(args) -> Path:
     return Path(args.ckpt)
 
 
-def model_manager(ckpt: Path, retain: bool = True):
-    """A float32 CPU model manager over the checkpoint's folder (no hashing), for the benchmarks.
+def model_manager(ckpt: Path, retain: bool = True, device: str = "cpu"):
+    """A model manager over the checkpoint's folder (no hashing), for the benchmarks: float32 on the
+    CPU, float16 on a GPU (``--precision autocast``, as the web UI).
 
     With `retain` the process allocator is set as the web UI sets it (freed memory reused within a
     job); without, glibc's defaults stay (as in a plain diffusers script)."""
-    from modules import memory
+    from modules import devices, memory
     from modules.checkpoints import CheckpointRegistry, HashCache
     from modules.model_manager import ModelManager
 
@@ -58,7 +59,14 @@ def model_manager(ckpt: Path, retain: bool = True):
     torch.set_grad_enabled(False)
     registry = CheckpointRegistry([ckpt.parent], HashCache(None), hashing=False)
     registry.refresh()
-    return ModelManager(registry, device=torch.device("cpu"), dtype=torch.float32)
+    where = devices.resolve_device(device)
+    return ModelManager(registry, device=where, dtype=devices.resolve_dtype(where))
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so wall-clock timers measure it (nothing to wait for on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def test_image(width: int, height: int, seed: int = 0) -> bytes:
@@ -87,12 +95,14 @@ class StageTimer:
 
     def _start(self, name):
         def hook(_module, _args):
+            synchronize()
             self._t0[name] = time.perf_counter()
 
         return hook
 
     def _stop(self, name):
         def hook(_module, _args, _out):
+            synchronize()
             if name in self._t0:
                 self.calls[name].append(time.perf_counter() - self._t0.pop(name))
 

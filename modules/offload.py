@@ -4,8 +4,7 @@
 the one there before goes back to RAM, so one component's weights are on the GPU at a time.
 ``low``: the same with smaller parts: the UNet's down, mid and up blocks one by one, the text
 encoder's layers one by one, the VAE's encoder and decoder apart; the rest of the UNet, VAE and text
-encoder (a few MB) stays on the GPU.  Slower, since
-the UNet's weights cross the bus at every step.
+encoder (a few MB) stays on the GPU.  Slower, since the UNet's weights cross the bus at every step.
 
 Built on accelerate's module hooks (as diffusers' ``enable_model_cpu_offload``), so diffusers'
 ``AutoencoderKL.encode/decode`` move the VAE too.  An :class:`Offloader` owns the moves: which part

@@ -348,7 +348,7 @@ def depth_for(ctx: ProcessingContext, loaded: LoadedModel, request: GenerationRe
     key = (loaded.key, hashlib.sha256(pixels.numpy().tobytes()).hexdigest(), latent_hw)
 
     def compute():
-        raw = depth.midas_depth(model.require_depth(), pixels, model.device)
+        raw = model.raw_depth(pixels)
         cond = depth.to_latent_conditioning(raw, latent_hw)
         return cond.cpu(), torch.from_numpy(depth.depth_for_display(raw, (request.height, request.width)))
 
@@ -489,8 +489,7 @@ def _vae_call(job: Job, fn, x: torch.Tensor) -> torch.Tensor:
     if torch.isfinite(out).all() or vae.dtype == torch.float32 or not job.settings.auto_vae_precision:
         return out
     log.warning("The VAE produced NaNs in %s: it runs in float32 from now on", str(vae.dtype).removeprefix("torch."))
-    job.model.vae_float32 = True  # kept through moves between devices
-    vae.to(torch.float32)
+    job.model.revert_vae_to_float32()
     return fn(x)
 
 

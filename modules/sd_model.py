@@ -146,6 +146,11 @@ class StableDiffusionModel:
         return self.encode_tokens(self.tokenizer(list(prompts)))
 
     # --- first stage ------------------------------------------------------------------------------
+    def revert_vae_to_float32(self) -> None:
+        """The VAE in float32 from now on, also through later moves (auto_vae_precision)."""
+        self.vae_float32 = True
+        self.vae.to(torch.float32)
+
     @torch.no_grad()
     def encode_first_stage(self, x: torch.Tensor):
         """[B,3,H,W] in [-1,1] -> the VAE posterior (unscaled); ``.sample(generator)`` or ``.mean``."""
@@ -166,10 +171,14 @@ class StableDiffusionModel:
         return self.depth_model
 
     @torch.no_grad()
+    def raw_depth(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] -> MiDaS' raw prediction [B,1,h,w] (float32, at MiDaS resolution)."""
+        return depth.midas_depth(self.require_depth(), x, self.device)
+
+    @torch.no_grad()
     def depth_conditioning(self, x: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [-1,1] -> MiDaS depth [B,1,H/8,W/8] in [-1,1] (LDM's AddMiDaS + depth2img demo)."""
-        model = self.require_depth()
-        raw = depth.midas_depth(model, x, self.device)
+        raw = self.raw_depth(x)
         latent_hw = (x.shape[-2] // self.vae_scale, x.shape[-1] // self.vae_scale)
         return depth.to_latent_conditioning(raw, latent_hw).to(x.device)
 

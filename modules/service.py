@@ -177,10 +177,10 @@ class Service:
 
         def job(_control):
             loaded = self.models.get()
-            model = loaded.model.require_depth()
+            loaded.model.require_depth()  # a model without depth is refused before the image is decoded
             img = images.decode_image(image, "image", max_pixels=self._settings.max_input_pixels,
                                       background=self._settings.img2img_background_color)  # fmt: skip
-            raw = depth.midas_depth(model, images.to_tensor(img), loaded.model.device)
+            raw = loaded.model.raw_depth(images.to_tensor(img))
             return depth.depth_for_display(raw, (img.height, img.width))
 
         return self.worker.run(job, "depth")

@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from modules import attention, optimizations
-from modules.checkpoints import CheckpointRegistry, HashCache, load_model
+from modules.checkpoints import load_model
 from modules.hooks import Hooks
-from modules.model_manager import ModelManager
 from modules.processing import ProcessingContext, process
 from modules.progress import JobControl
 from modules.request import GenerationRequest
 from modules.settings import Settings
 from tests.test_engine import H, W, picture, png
+from tests.test_offload import manager
 from tests.test_optimizations import unet_out
 
 UPCAST = Settings().override({"upcast_attn": True})
@@ -115,9 +115,7 @@ def test_every_attention_form_matches_attention_written_out(kind, dtype):
 
 @pytest.mark.parametrize("auto", [True, False])
 def test_a_vae_that_overflows_in_float16_runs_again_in_float32(auto, depth_ckpt, tmp_path, caplog):
-    registry = CheckpointRegistry([depth_ckpt.path.parent], HashCache(None))
-    registry.refresh()
-    mm = ModelManager(registry, device=torch.device("cpu"), dtype=torch.float16)
+    mm = manager(tmp_path, depth_ckpt, "none", dtype=torch.float16)
     model = mm.load("tiny-depth").model
     with torch.no_grad():  # activations past float16's 65504 after the decoder's first conv; weights representable
         model.vae.decoder.conv_in.weight.fill_(30000.0)

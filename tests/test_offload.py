@@ -56,12 +56,10 @@ class ResidencyCheck(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def manager(tmp_path, ckpt, mode: str, keep: int = 1, also=()) -> ModelManager:
+def manager(tmp_path, ckpt, mode: str, keep: int = 1, also=(), dtype: torch.dtype = torch.float32) -> ModelManager:
     registry = CheckpointRegistry([ckpt.path.parent, *(c.path.parent for c in also)], HashCache(None))
     registry.refresh()
-    return ModelManager(
-        registry, device=torch.device("cpu"), dtype=torch.float32, offload_mode=mode, keep_in_memory=keep
-    )
+    return ModelManager(registry, device=torch.device("cpu"), dtype=dtype, offload_mode=mode, keep_in_memory=keep)
 
 
 def generate(mm: ModelManager, tmp_path, clip_skip: int = 1) -> np.ndarray:

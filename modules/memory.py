@@ -81,3 +81,43 @@ def release_freed_memory() -> None:
     """Return the heap's free pages to the OS (cheap; a no-op off glibc or when not retaining)."""
     if _retaining and _libc is not None:
         _libc.malloc_trim(0)
+
+
+def _proc_kib(path: str, field: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def spare_bytes() -> int | None:
+    """RAM this process could still take for optional caches, in bytes; None where it cannot be told.
+
+    On Linux: the kernel's ``MemAvailable`` less this process's file-backed resident pages. The
+    weights of a checkpoint are memory-mapped from its file, and ``MemAvailable`` counts such pages as
+    reclaimable page cache, but they are the model in use: reclaiming them would mean reading the
+    file again at every step. Elsewhere: psutil's available memory."""
+    available = _proc_kib("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available - (_proc_kib("/proc/self/status", "RssFile") or 0)
+    try:
+        import psutil  # a gradio dependency
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def total_bytes() -> int | None:
+    """The machine's RAM in bytes; None where it cannot be told."""
+    total = _proc_kib("/proc/meminfo", "MemTotal")
+    if total is not None:
+        return total
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().total)

@@ -9,12 +9,13 @@ Model-level (applied when a model is loaded and when the settings change):
   layout (per input shape), instead of on every call as eager PyTorch does on CPU; same images up to
   float rounding, ~5 % faster end to end here, costs a second copy of the conv weights (~3 GB
   for SD2). CPU float32 only; not combined with ``torch.compile`` (which packs weights itself).
-* ``opt_winograd_conv``: the UNet's and VAE's 3x3 convolutions computed with Winograd F(2x2, 3x3)
-  (``modules.winograd``: 2.25x fewer multiplications) where the input is at least 16x16; as exact as
-  the direct convolution in float32, ~1.4-2.5x faster per convolution here; costs the transformed
-  weights (16/9 of each such weight: 1.8 GB for SD2's UNet at 512x512, 0.5 GB for its VAE). CPU
-  float32 only; not with ``torch.compile``. Where it does not apply, pre-packing (if on) or the
-  module's own path runs.
+* ``opt_winograd_conv`` (on by default): the UNet's and VAE's 3x3 convolutions computed with
+  Winograd F(2x2, 3x3) (``modules.winograd``: 2.25x fewer multiplications) where the input is at
+  least 16x16; as exact as the direct convolution in float32, ~1.4-2.5x faster per convolution here,
+  0.75-0.82x diffusers' time end to end. The UNet's transformed weights (16/9 of each such weight:
+  1.8 GB for SD2 at 512x512) are kept while RAM allows (``KeepWhileRoom``), else made per call; the
+  VAE's are made per call. CPU float32 only (elsewhere nothing changes); not with ``torch.compile``.
+  Where it does not apply, pre-packing (if on) or the module's own path runs.
 * ``opt_torch_compile``: ``torch.compile`` the UNet (slow first run, recompiles per resolution).
 * ``token_merging_ratio``: token merging (the ``tomesd`` package) in the UNet's self-attention; lossy.
 * ``upcast_attn``: the UNet's attention in float32 for float16/bfloat16 models (``modules.attention``),
@@ -26,11 +27,12 @@ and ``cpu_bf16_autocast``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from modules import attention, winograd
+from modules import attention, memory, winograd
 from modules.sd_model import StableDiffusionModel
 
 log = logging.getLogger(__name__)
@@ -162,25 +164,70 @@ class PackedConv:
         )  # fmt: skip
 
 
+class KeepWhileRoom:
+    """Whether a transformed Winograd weight is kept between calls: while the RAM to spare
+    (``memory.spare_bytes``) after keeping it stays above a reserve, a quarter of the machine's RAM
+    and at least 2 GiB, left for activations and for later, larger jobs.
+
+    A weight that is not kept is transformed on every call and freed after it: ~20 ms for one of
+    SD2's 1280x1280 kernels, on a convolution that then still takes 0.7x the direct one's time instead
+    of 0.55x (BENCHMARKS.md, section 6). So a machine short of RAM gets most of the speed and none of
+    the memory cost; one with room gets all of it for 16/9 of those weights (1.8 GB for SD2's UNet).
+    """
+
+    MIN_RESERVE = 2 << 30
+
+    def __init__(self, spare: Callable[[], int | None] | None = None, reserve: int | None = None):
+        self.spare = spare or memory.spare_bytes
+        if reserve is None:
+            reserve = max(self.MIN_RESERVE, (memory.total_bytes() or 0) // 4)
+        self.reserve = reserve
+        self.refused = 0  # calls that transformed without keeping
+
+    def __call__(self, nbytes: int) -> bool:
+        spare = self.spare()
+        if spare is not None and spare - nbytes >= self.reserve:
+            return True
+        if not self.refused:
+            log.info(
+                "Winograd convolutions: RAM is short (%s MiB to spare, %d MiB kept in reserve), so a transformed "
+                "weight of %d MiB is made for each call instead of kept",
+                "unknown" if spare is None else spare >> 20, self.reserve >> 20, nbytes >> 20,
+            )  # fmt: skip
+        self.refused += 1
+        return False
+
+
+def _keep_always(_nbytes: int) -> bool:
+    return True
+
+
+def _keep_never(_nbytes: int) -> bool:
+    return False
+
+
 class WinogradConv:
     """A ``Conv2d.forward`` for 3x3 stride-1 convolutions that uses Winograd F(2x2, 3x3) (``modules.winograd``).
 
-    The transformed weight (16/9 the size of the weight) is made on the first call that uses it and
-    remade when the weight's storage or in-place version changes. Inputs smaller than 16x16 (fewer
-    than ``MIN_TILES`` 2x2 output tiles per sample) take `fallback` (a ``PackedConv`` or the module's
-    own path) and build no transformed weight: there the GEMMs are too thin (measured no faster than a
-    pre-packed direct convolution) and SD2's 8x8 level alone would need 2 GB of transformed weights.
-    So do calls that are not CPU float32 inference (GPU, autocast, autograd).
+    The transformed weight (16/9 the size of the weight) is made at each call until `keep` (given its
+    size in bytes, from the second call on) says to keep it; a kept one is remade when the weight's
+    storage or in-place version changes. Inputs smaller than 16x16 (fewer than
+    ``MIN_TILES`` 2x2 output tiles per sample) take `fallback` (a ``PackedConv`` or the module's own
+    path) and transform nothing: there the GEMMs are too thin (measured no faster than a pre-packed
+    direct convolution) and SD2's 8x8 level alone would need 2 GB of transformed weights. So do calls
+    that are not CPU float32 inference (GPU, autocast, autograd).
     """
 
     MIN_TILES = 64  # per sample: a 16x16 input
     MIN_CHANNELS = 64  # in and out: fewer makes GEMMs too thin to pay for the transforms
 
-    def __init__(self, conv: torch.nn.Conv2d, fallback=None):
+    def __init__(self, conv: torch.nn.Conv2d, fallback=None, keep: Callable[[int], bool] = _keep_always):
         self.conv = conv
         self.fallback = fallback or _own_forward(conv)
-        self.u: torch.Tensor | None = None
+        self.keep = keep
+        self.u: torch.Tensor | None = None  # the kept transformed weight
         self.key: tuple | None = None  # (weight ptr, weight version) that `u` was made from
+        self.seen: tuple | None = None  # the key of the last call's weight
 
     @classmethod
     def supports(cls, conv: torch.nn.Conv2d) -> bool:
@@ -200,10 +247,16 @@ class WinogradConv:
         if not _cpu_inference(x, w) or ((x.shape[-2] + 1) // 2) * ((x.shape[-1] + 1) // 2) < self.MIN_TILES:
             return self.fallback(x)
         key = (w.data_ptr(), w._version)
-        if self.key != key:
-            self.u, self.key = None, None  # the old one goes before the new one is made
-            self.u, self.key = winograd.transform_weight(w.detach()), key
-        return winograd.conv3x3(x, self.u, None if conv.bias is None else conv.bias.detach())
+        u = self.u if self.key == key else None
+        if u is None:
+            # Asked from the second call with this weight on: by then every layer of the model has run
+            # once, so the memory-mapped weights the model needs are resident and counted.
+            keep = self.seen == key and self.keep(16 * w.shape[0] * w.shape[1] * w.element_size())
+            self.u, self.key, self.seen = None, None, key  # the old one goes before the new one is made
+            u = winograd.transform_weight(w.detach())
+            if keep:
+                self.u, self.key = u, key
+        return winograd.conv3x3(x, u, None if conv.bias is None else conv.bias.detach())
 
 
 def prepack_available() -> bool:
@@ -216,7 +269,10 @@ def _set_conv_paths(model: StableDiffusionModel, prepack: bool, winograd_on: boo
         log.warning("Pre-packed convolutions need PyTorch built with oneDNN (mkldnn); option ignored")
         prepack = False
     counts = {"pre-packed": 0, "Winograd": 0}
-    for module in (_plain_unet(model), model.vae):
+    # The UNet's transformed weights are kept while RAM allows (it is called at every step); the VAE's
+    # are made per call (each of its convolutions runs once or twice per job, on large inputs).
+    unet_keep = KeepWhileRoom()
+    for module, keep in ((_plain_unet(model), unet_keep), (model.vae, _keep_never)):
         for conv in module.modules():
             if not isinstance(conv, torch.nn.Conv2d):
                 continue
@@ -224,7 +280,7 @@ def _set_conv_paths(model: StableDiffusionModel, prepack: bool, winograd_on: boo
                 del conv.forward  # back to the module's own, then set anew
             packed = PackedConv(conv) if prepack and PackedConv.supports(conv) else None
             if winograd_on and WinogradConv.supports(conv):
-                conv.forward = WinogradConv(conv, fallback=packed)
+                conv.forward = WinogradConv(conv, fallback=packed, keep=keep)
                 counts["Winograd"] += 1
             elif packed is not None:
                 conv.forward = packed

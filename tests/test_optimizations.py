@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from modules import optimizations, pipeline
+from modules import memory, optimizations, pipeline
 from modules.checkpoints import load_model
 from modules.hooks import Hooks
 from modules.processing import ProcessingContext, process
@@ -58,13 +58,13 @@ def assert_within_float_tolerance(model, ref: tuple[torch.Tensor, torch.Tensor])
 
 def test_prepacked_convolutions_are_within_float_tolerance_and_reversible(model):
     ref = outputs(model)
-    applied = optimizations.apply(model, Settings().override({"opt_prepack_conv": True}))
-    assert applied["prepack_conv"]
+    applied = optimizations.apply(model, Settings().override({"opt_prepack_conv": True, "opt_winograd_conv": False}))
+    assert applied["prepack_conv"] and not applied["winograd_conv"]
     convs = [m for part in (model.unet, model.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
     assert packed_convs(model) and all(isinstance(m.forward, optimizations.PackedConv) for m in convs)
     assert_within_float_tolerance(model, ref)
     assert any(m.forward.packed for m in convs)  # the packed path ran (not the module's own)
-    optimizations.apply(model, Settings().override({"opt_prepack_conv": False}))
+    optimizations.apply(model, Settings().override({"opt_prepack_conv": False, "opt_winograd_conv": False}))
     assert not packed_convs(model)
     assert torch.equal(unet_out(model), ref[0])
 
@@ -101,6 +101,7 @@ def test_prepack_is_not_combined_with_torch_compile():
 def test_winograd_convolutions_are_within_float_tolerance_and_reversible(model, monkeypatch):
     monkeypatch.setattr(optimizations.WinogradConv, "MIN_TILES", 1)  # the tiny model's inputs are small
     monkeypatch.setattr(optimizations.WinogradConv, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(optimizations.memory, "spare_bytes", lambda: 1 << 50)  # plenty of RAM
     ref = outputs(model)
     applied = optimizations.apply(model, Settings().override({"opt_winograd_conv": True, "opt_prepack_conv": True}))
     assert applied["winograd_conv"] and applied["prepack_conv"]
@@ -111,10 +112,58 @@ def test_winograd_convolutions_are_within_float_tolerance_and_reversible(model, 
     assert all(isinstance(m.forward, optimizations.PackedConv) for m in convs if m not in wino)
     assert all(isinstance(m.forward.fallback, optimizations.PackedConv) for m in wino)
     assert_within_float_tolerance(model, ref)
-    assert all(m.forward.u is not None for m in wino if m in set(model.unet.modules()))  # Winograd ran
+    assert_within_float_tolerance(model, ref)  # the second call keeps the transforms
+    unet = set(model.unet.modules())
+    assert all(m.forward.u is not None for m in wino if m in unet)  # Winograd ran, its transforms kept
+    assert all(m.forward.u is None for m in wino if m not in unet)  # the VAE's are made per call
     optimizations.apply(model, Settings().override({"opt_winograd_conv": False}))
     assert not packed_convs(model)
     assert torch.equal(unet_out(model), ref[0])
+
+
+def winograd_forwards(module) -> list:
+    return [m.forward for m in module.modules() if isinstance(m.__dict__.get("forward"), optimizations.WinogradConv)]
+
+
+def test_winograd_is_on_by_default_and_short_ram_only_stops_keeping_transforms(model, monkeypatch):
+    monkeypatch.setattr(optimizations.WinogradConv, "MIN_TILES", 1)
+    monkeypatch.setattr(optimizations.WinogradConv, "MIN_CHANNELS", 1)
+    ref = outputs(model)
+    monkeypatch.setattr(optimizations.memory, "spare_bytes", lambda: 1 << 50)
+    assert optimizations.apply(model, Settings())["winograd_conv"]  # the default
+    roomy = outputs(model)
+    assert_within_float_tolerance(model, ref)  # a second call: the transforms are kept
+    wino = winograd_forwards(model.unet)
+    assert wino and all(w.u is not None for w in wino)
+    optimizations.apply(model, Settings().override({"opt_winograd_conv": False}))
+    monkeypatch.setattr(optimizations.memory, "spare_bytes", lambda: 1 << 30)  # under the 2 GiB reserve
+    optimizations.apply(model, Settings())
+    outputs(model)
+    short = outputs(model)
+    wino = winograd_forwards(model.unet)
+    assert wino and all(w.u is None for w in wino)  # nothing kept
+    assert all(torch.equal(a, b) for a, b in zip(short, roomy, strict=True))  # the same transforms, made per call
+
+
+def test_transformed_weights_are_kept_while_ram_to_spare_stays_above_the_reserve(caplog):
+    spare = [10_000]
+    keep = optimizations.KeepWhileRoom(spare=lambda: spare[0], reserve=2_000)
+    with caplog.at_level("INFO", logger="modules.optimizations"):
+        assert keep(8_000) and not keep(8_001)
+        spare[0] = None  # cannot be told: not kept
+        assert not keep(1) and not keep(1)
+    assert keep.refused == 3 and caplog.text.count("RAM is short") == 1  # logged once, at the first refusal
+    default = optimizations.KeepWhileRoom()
+    total = memory.total_bytes()
+    assert default.reserve == max(2 << 30, (total or 0) // 4)
+
+
+def test_ram_to_spare_leaves_out_the_memory_mapped_weights():
+    spare, total = memory.spare_bytes(), memory.total_bytes()
+    assert spare is not None and total is not None and 0 < total
+    available = memory._proc_kib("/proc/meminfo", "MemAvailable")
+    if available is not None:  # Linux: MemAvailable less this process's file-backed pages (the weights)
+        assert spare < available <= total
 
 
 def test_winograd_convolution_follows_weight_edits_and_falls_back():
@@ -130,17 +179,28 @@ def test_winograd_convolution_follows_weight_edits_and_falls_back():
         exact = conv._conv_forward(small, conv.weight, conv.bias)
         assert torch.equal(fast(small), exact) and fast.u is None  # under 16x16: the module's own path
         assert torch.allclose(fast(big), conv._conv_forward(big, conv.weight, conv.bias), atol=1e-5)
+        assert fast.u is None  # kept from the second call on, when the model's weights are all resident
+        fast(big)
         u = fast.u
-        assert u is not None and fast(big) is not None and fast.u is u  # made once
+        assert u is not None and fast(big) is not None and fast.u is u  # then made once
         conv.weight.mul_(1.5)  # an extension editing weights in place: the next call re-transforms
         assert torch.allclose(fast(big), conv._conv_forward(big, conv.weight, conv.bias), atol=1e-5)
-        assert fast.u is not u
+        assert fast.u is None  # the old one dropped, the new one kept from the next call on
+        fast(big)
+        assert fast.u is not None and fast.u is not u
         with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes the module's own path
             assert fast(big).dtype == torch.bfloat16
     x = big.clone().requires_grad_()
     with torch.enable_grad():
         fast(x).sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
+    asked = []
+    per_call = optimizations.WinogradConv(conv, keep=lambda nbytes: asked.append(nbytes) or False)
+    with torch.no_grad():
+        assert torch.equal(per_call(big), fast(big)) and per_call.u is None  # same result, nothing kept
+        per_call(big)
+        per_call(big)
+    assert asked == [16 * 64 * 64 * 4] * 2  # asked with the transformed weight's size, from the 2nd call on
 
 
 def test_token_merging_changes_output_and_is_removable(model):
@@ -157,6 +217,7 @@ def test_service_applies_options_on_load_and_on_change(tmp_path, manager, depth_
     )
     loaded = service.select_checkpoint(depth_ckpt.path.name)
     assert loaded.model.optimizations["channels_last"] is False  # the default
+    assert loaded.model.optimizations["winograd_conv"] is True  # the default (CPU float32)
     service.update_settings({"opt_channels_last": True})
     assert loaded.model.optimizations["channels_last"] is True
     assert loaded.model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

@@ -71,7 +71,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_grad_enabled(False)
     model = load_model(require_ckpt(args))
-    optimizations.apply(model, Settings())
+    # direct convolutions: the FLOPs counted are those of the model as written (Winograd does fewer)
+    optimizations.apply(model, Settings().override({"opt_winograd_conv": False}))
     h = args.size // 8
     x, d, ctx = torch.randn(2, 4, h, h), torch.rand(2, 1, h, h) * 2 - 1, torch.randn(2, 77, 1024)
     cond = {"c_concat": [d], "c_crossattn": [ctx]}

@@ -72,17 +72,19 @@ def diffusers_pipeline(model, scheduler) -> StableDiffusionDepth2ImgPipeline:
 
 
 # Each arm: (label, pipeline, our speed options, our allocator setting).  "ours" is the app as it
-# ships (Settings defaults; freed memory retained within a job, see modules/memory.py); diffusers runs
-# as a user runs it (glibc's defaults). "diffusers+alloc" gives diffusers the same allocator setting,
-# to show how much of the difference is the allocator alone.
+# ships (Settings defaults, Winograd convolutions included; freed memory retained within a job, see
+# modules/memory.py); "ours-direct" is the same with PyTorch's own (direct) convolutions. diffusers
+# runs as a user runs it (its modules as loaded, glibc's defaults); "diffusers+alloc" gives it our
+# allocator setting, to show how much of the difference is the allocator alone.
 ARMS = {
     "ours": ("ours", {}, True),
     "ours+prepack": ("ours", {"opt_prepack_conv": True}, True),
-    "ours+winograd": ("ours", {"opt_winograd_conv": True}, True),
-    "ours+winograd+prepack": ("ours", {"opt_winograd_conv": True, "opt_prepack_conv": True}, True),
+    "ours-direct": ("ours", {"opt_winograd_conv": False}, True),
+    "ours-direct+prepack": ("ours", {"opt_winograd_conv": False, "opt_prepack_conv": True}, True),
     "diffusers": ("diffusers", {}, False),
     "diffusers+alloc": ("diffusers", {}, True),
 }
+PLAIN = {"opt_winograd_conv": False, "opt_prepack_conv": False, "opt_channels_last": False}  # modules as loaded
 
 
 def main() -> None:
@@ -128,7 +130,7 @@ def main() -> None:
         return time.perf_counter() - t0, result.images[0]
 
     def run_diffusers(name: str):
-        optimizations.apply(model, Settings())  # no speed options: diffusers' own modules as loaded
+        optimizations.apply(model, Settings().override(PLAIN))  # diffusers' own modules as loaded
         spec = samplers.find_sampler(name)
         sched = samplers.build_scheduler(spec, samplers.resolve_schedule(spec, "Automatic"), model.betas_f64, "eps")
         pipe = diffusers_pipeline(model, sched)

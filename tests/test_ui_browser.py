@@ -75,6 +75,9 @@ def page(server):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         context.set_default_timeout(TIMEOUT_MS)
+        # assertions wait for server round trips (Send to img2img, settings): on a loaded CI machine one
+        # took longer than Playwright's 5 s default
+        expect.set_options(timeout=TIMEOUT_MS // 4)
         pg = context.new_page()
         pg.goto(server.url)
         expect(pg.get_by_label("Stable Diffusion checkpoint")).to_be_visible()

@@ -1,6 +1,6 @@
 """4. Growth: time and peak memory vs resolution and batch size.
 
-For each (size, batch) in a fresh process: one CFG UNet step (batch 2 x B, after one warm-up step),
+For each (size, batch) in a fresh process: one CFG UNet step (batch 2 x B, after two warm-up steps),
 MiDaS on one image, VAE encode and decode of the batch, and the process' peak RSS. A full img2img
 run costs about depth + encode + steps x UNet step + decode.
 
@@ -35,7 +35,8 @@ h = size // 8
 x = torch.randn(batch, 4, h, h); d = torch.rand(batch, 1, h, h) * 2 - 1; ctx = torch.randn(batch, 77, 1024)
 cond = {{"c_concat": [torch.cat([d, d])], "c_crossattn": [torch.cat([ctx, ctx])]}}
 t = torch.tensor([500])
-model.apply_model(torch.cat([x, x]), t, cond)
+for _ in range(2):  # warm-up: oneDNN primitives, page-in; Winograd keeps its transforms from the 2nd call
+    model.apply_model(torch.cat([x, x]), t, cond)
 t0 = time.perf_counter(); model.apply_model(torch.cat([x, x]), t, cond); step = time.perf_counter() - t0
 img = torch.rand(batch, 3, size, size) * 2 - 1
 def timed(fn):

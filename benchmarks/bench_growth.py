@@ -1,8 +1,9 @@
 """4. Growth: time and peak memory vs resolution and batch size.
 
 For each (size, batch) in a fresh process: one CFG UNet step (batch 2 x B, after two warm-up steps),
-MiDaS on one image, VAE encode and decode of the batch, and the process' peak RSS. A full img2img
-run costs about depth + encode + steps x UNet step + decode.
+MiDaS on one image, VAE encode and decode of the batch, each stage's peak RSS (freed memory is
+released between stages, as a generation does). A full img2img run costs about depth + encode +
+steps x UNet step + decode.
 
     python benchmarks/bench_growth.py --ckpt /big/sd2depth_rand1234.safetensors [--sizes 256,512,768] [--batches 1,2,4]
         [--options '{"opt_prepack_conv": true}'] [--malloc-default]
@@ -35,18 +36,30 @@ h = size // 8
 x = torch.randn(batch, 4, h, h); d = torch.rand(batch, 1, h, h) * 2 - 1; ctx = torch.randn(batch, 77, 1024)
 cond = {{"c_concat": [torch.cat([d, d])], "c_crossattn": [torch.cat([ctx, ctx])]}}
 t = torch.tensor([500])
+peaks = {{}}
+def stage_end(name):
+    memory.release_freed_memory()  # between stages, as a generation does
+    peaks[name] = peak_rss_mb()
+    try:  # Linux: reset the peak, so the next stage's is its own
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 for _ in range(2):  # warm-up: oneDNN primitives, page-in; Winograd keeps its transforms from the 2nd call
     model.apply_model(torch.cat([x, x]), t, cond)
 t0 = time.perf_counter(); model.apply_model(torch.cat([x, x]), t, cond); step = time.perf_counter() - t0
+stage_end("unet")
 img = torch.rand(batch, 3, size, size) * 2 - 1
-def timed(fn):
+def timed(fn, name):
     fn()  # warm-up: oneDNN primitives, page-in
-    t0 = time.perf_counter(); fn(); return time.perf_counter() - t0
-depth = timed(lambda: model.depth_conditioning(img[:1]))
-encode = timed(lambda: model.encode_first_stage(img))
-decode = timed(lambda: model.decode_first_stage(x))
+    t0 = time.perf_counter(); fn(); seconds = time.perf_counter() - t0
+    stage_end(name)
+    return seconds
+depth = timed(lambda: model.depth_conditioning(img[:1]), "depth")
+encode = timed(lambda: model.encode_first_stage(img), "encode")
+decode = timed(lambda: model.decode_first_stage(x), "decode")
 print(json.dumps({{"unet_step_s": step, "depth_s": depth, "encode_s": encode, "decode_s": decode,
-                  "peak_rss_mb": peak_rss_mb()}}))
+                  "peak_rss_mb": max(peaks.values()), "stage_peak_rss_mb": peaks}}))
 """
 
 

@@ -94,6 +94,14 @@ def _proc_kib(path: str, field: str) -> int | None:
     return None
 
 
+def _psutil_memory():
+    try:
+        import psutil  # a gradio dependency
+    except ImportError:
+        return None
+    return psutil.virtual_memory()
+
+
 def spare_bytes() -> int | None:
     """RAM this process could still take for optional caches, in bytes; None where it cannot be told.
 
@@ -104,11 +112,8 @@ def spare_bytes() -> int | None:
     available = _proc_kib("/proc/meminfo", "MemAvailable")
     if available is not None:
         return available - (_proc_kib("/proc/self/status", "RssFile") or 0)
-    try:
-        import psutil  # a gradio dependency
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
+    vm = _psutil_memory()
+    return None if vm is None else int(vm.available)
 
 
 def total_bytes() -> int | None:
@@ -116,8 +121,5 @@ def total_bytes() -> int | None:
     total = _proc_kib("/proc/meminfo", "MemTotal")
     if total is not None:
         return total
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().total)
+    vm = _psutil_memory()
+    return None if vm is None else int(vm.total)

@@ -12,7 +12,7 @@ Model-level (applied when a model is loaded and when the settings change):
 * ``opt_winograd_conv`` (on by default): the UNet's and VAE's 3x3 convolutions computed with
   Winograd F(2x2, 3x3) (``modules.winograd``: 2.25x fewer multiplications) where the input is at
   least 16x16; as exact as the direct convolution in float32, ~1.4-2.5x faster per convolution here,
-  0.75-0.82x diffusers' time end to end. The UNet's transformed weights (16/9 of each such weight:
+  0.72-0.78x diffusers' time end to end (BENCHMARKS.md 1d). The UNet's transformed weights (16/9 of each such weight:
   1.8 GB for SD2 at 512x512) are kept while RAM allows (``KeepWhileRoom``), else made per call; the
   VAE's are made per call. CPU float32 only (elsewhere nothing changes); not with ``torch.compile``.
   Where it does not apply, pre-packing (if on) or the module's own path runs.

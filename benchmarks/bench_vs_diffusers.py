@@ -10,7 +10,7 @@ plain diffusers script has; the allocator cannot be compared fairly by switching
 process (the heap one arm leaves behind is what the next arm starts from).
 
     python benchmarks/bench_vs_diffusers.py --ckpt /big/sd2depth_rand1234.safetensors [--runs 3] \\
-        [--arms ours,ours+winograd,diffusers,...] [--samplers DDIM] [--fresh-process] [--device cuda]
+        [--arms ours,ours-direct,diffusers,...] [--samplers DDIM] [--fresh-process] [--device cuda]
 
 On a GPU (``--device cuda``) both run in float16 with SDPA attention, timers synchronised.
 """

@@ -1,0 +1,251 @@
+"""Which dtype each part of the model computes in (``--precision``), with bfloat16 on CPUs where it pays.
+
+On a GPU nothing changes: float16 for the UNet, VAE and text encoder unless ``--precision full`` /
+``--no-half`` (``devices.resolve_dtype``). On the CPU ``--precision autocast`` (the default) gives
+the UNet **bfloat16 weights** when a short measured probe says bfloat16 is fast on this machine
+(AVX-512 BF16 / AMX: oneDNN's bfloat16 kernels), else float32 as before. "Fast" is measured, never
+read from a CPU name: ``probe()`` times a float32 and a bfloat16 matmul and 3x3 convolution at SD
+shapes (best of a few repetitions, well under a second; a CPU that emulates bfloat16 is stopped
+after a small screening matmul) and logs its figures with the decision.
+
+What runs in which dtype is a ``PrecisionPlan``:
+
+* the UNet: bfloat16 when fast (made once at load from the memory-mapped float32 file, which is then
+  no longer referenced, so its pages leave the resident set; a checkpoint switch keeps the loaded
+  models and their bfloat16 weights). Its input is cast to bfloat16 and its output back to float32
+  in ``StableDiffusionModel.apply_model``: the sampler's latents and sigmas stay float32.
+* the text encoder: float32 (``TEXT_ENCODER_BF16``; measured in BENCHMARKS.md section 8: it runs
+  once per job, and bfloat16 there saves ~0.7 GB but moves every step's conditioning);
+* the VAE and MiDaS: float32 (measured neither both faster and as good; the VAE keeps its float32
+  Winograd convolutions).
+
+``--precision full`` (``precision="full"``) or ``no_half`` keep float32 everywhere: today's exact
+path, Winograd convolutions included. For tests and for users, the environment variable
+``SD_CPU_BF16`` (or the ``cpu_bf16`` argument of ``plan_for``) overrides the probe: ``on`` forces
+bfloat16 UNet weights on the CPU, ``off`` forces float32, ``auto`` (default) measures.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "SD_CPU_BF16"
+CHOICES = ("auto", "on", "off")
+MIN_SPEEDUP = 1.5  # bfloat16 must be at least this much faster, in matmul and in convolution
+TEXT_ENCODER_BF16 = False  # see the module docstring / BENCHMARKS.md section 8
+
+_SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Best-of-N milliseconds of one float32 and one bfloat16 matmul and convolution, and the verdict."""
+
+    matmul_fp32_ms: float
+    matmul_bf16_ms: float
+    conv_fp32_ms: float | None
+    conv_bf16_ms: float | None
+    seconds: float  # the probe's own wall time
+    threads: int
+
+    @property
+    def matmul_speedup(self) -> float:
+        return self.matmul_fp32_ms / self.matmul_bf16_ms
+
+    @property
+    def conv_speedup(self) -> float | None:
+        if self.conv_fp32_ms is None or self.conv_bf16_ms is None:
+            return None
+        return self.conv_fp32_ms / self.conv_bf16_ms
+
+    @property
+    def fast(self) -> bool:
+        conv = self.conv_speedup
+        return conv is not None and min(self.matmul_speedup, conv) >= MIN_SPEEDUP
+
+    def summary(self) -> str:
+        mm = f"matmul fp32 {self.matmul_fp32_ms:.1f} ms, bf16 {self.matmul_bf16_ms:.1f} ms ({self.matmul_speedup:.2f}x)"
+        if self.conv_speedup is None:
+            conv = "conv not run (bf16 matmul already too slow)"
+        else:
+            conv = f"conv fp32 {self.conv_fp32_ms:.1f} ms, bf16 {self.conv_bf16_ms:.1f} ms ({self.conv_speedup:.2f}x)"
+        return f"{mm}; {conv}; {self.threads} threads, probe {self.seconds:.2f}s"
+
+    def as_dict(self) -> dict:
+        return {
+            "matmul_fp32_ms": round(self.matmul_fp32_ms, 3),
+            "matmul_bf16_ms": round(self.matmul_bf16_ms, 3),
+            "conv_fp32_ms": None if self.conv_fp32_ms is None else round(self.conv_fp32_ms, 3),
+            "conv_bf16_ms": None if self.conv_bf16_ms is None else round(self.conv_bf16_ms, 3),
+            "fast": self.fast,
+            "threads": self.threads,
+        }
+
+
+def _time_pair(make, reps: int) -> tuple[float, float]:
+    """Best-of-`reps` (float32 ms, bfloat16 ms) of `make(dtype)()`, the two alternated so that a
+    neighbour's load on a shared CPU hits both alike; one untimed warm-up each (oneDNN's kernel choice)."""
+    fns = (make(torch.float32), make(torch.bfloat16))
+    best = [float("inf"), float("inf")]
+    for fn in fns:
+        fn()
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0] * 1e3, best[1] * 1e3
+
+
+def measure(reps: int = 3) -> ProbeResult:
+    """Time float32 against bfloat16 on this CPU at SD-like shapes (see the module docstring)."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(0)
+
+    def matmul(m: int, k: int, n: int):
+        a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+
+        def make(dtype):
+            x, y = a.to(dtype), b.to(dtype)
+            return lambda: torch.mm(x, y)
+
+        return make
+
+    def conv(c: int, hw: int):
+        x, w = torch.randn(1, c, hw, hw, generator=gen), torch.randn(c, c, 3, 3, generator=gen) / (9 * c) ** 0.5
+
+        def make(dtype):
+            xd, wd = x.to(dtype), w.to(dtype)
+            return lambda: torch.nn.functional.conv2d(xd, wd, padding=1)
+
+        return make
+
+    with torch.inference_mode():
+        # Screening: a CPU that emulates bfloat16 (AVX2: ~0.3 GFLOP/s) is told apart in a few ms.
+        s32, s16 = _time_pair(matmul(256, 256, 256), reps=2)
+        if s16 > 2 * s32:
+            return ProbeResult(s32, s16, None, None, time.perf_counter() - t0, torch.get_num_threads())
+        # SD-like: a 32x32 level's projection (1024 tokens x 640) and a 320-channel 3x3 convolution at 32x32.
+        m32, m16 = _time_pair(matmul(1024, 640, 640), reps)
+        c32, c16 = _time_pair(conv(320, 32), reps)
+    return ProbeResult(m32, m16, c32, c16, time.perf_counter() - t0, torch.get_num_threads())
+
+
+_probe_lock = threading.Lock()
+_probe_result: ProbeResult | None = None
+
+
+def probe() -> ProbeResult:
+    """``measure()`` once per process (later calls return the first result)."""
+    global _probe_result
+    with _probe_lock:
+        if _probe_result is None:
+            _probe_result = measure()
+            log.info("CPU bfloat16 probe: %s -> %s", _probe_result.summary(),
+                     "fast" if _probe_result.fast else "not fast")  # fmt: skip
+        return _probe_result
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """The dtype of each component's weights (and so of its computation); MiDaS is always float32."""
+
+    unet: torch.dtype
+    text_encoder: torch.dtype
+    vae: torch.dtype
+    depth: torch.dtype = torch.float32
+    reason: str = ""
+    probe: ProbeResult | None = None
+
+    @classmethod
+    def uniform(cls, dtype: torch.dtype, reason: str = "") -> PrecisionPlan:
+        """UNet, text encoder and VAE in `dtype`, MiDaS in float32: what ``StableDiffusionModel.to`` always did."""
+        return cls(dtype, dtype, dtype, torch.float32, reason)
+
+    @property
+    def label(self) -> str:
+        return label_of(self.unet, self.text_encoder, self.vae)
+
+    @property
+    def bf16_unet(self) -> bool:
+        return self.unet == torch.bfloat16
+
+    def as_dict(self) -> dict:
+        """For the settings page and /sdapi/v1/cmd-flags."""
+        out = {
+            "label": self.label,
+            "unet": _SHORT.get(self.unet, str(self.unet)),
+            "text_encoder": _SHORT.get(self.text_encoder, str(self.text_encoder)),
+            "vae": _SHORT.get(self.vae, str(self.vae)),
+            "depth": _SHORT.get(self.depth, str(self.depth)),
+            "reason": self.reason,
+        }
+        if self.probe is not None:
+            out["probe"] = self.probe.as_dict()
+        return out
+
+
+def label_of(unet: torch.dtype, text_encoder: torch.dtype, vae: torch.dtype) -> str:
+    """'fp32', 'fp16' (all three alike), else what differs from the VAE: 'bf16 UNet', 'bf16 UNet+text encoder'."""
+    if unet == text_encoder == vae:
+        return _SHORT.get(unet, str(unet))
+    parts = [name for name, dt in (("UNet", unet), ("text encoder", text_encoder)) if dt != vae]
+    lower = {unet, text_encoder} - {vae}
+    if len(lower) == 1:
+        return f"{_SHORT.get(lower.pop(), '?')} {'+'.join(parts)}"
+    return f"{_SHORT.get(unet, '?')} UNet, {_SHORT.get(text_encoder, '?')} text encoder"
+
+
+def cpu_bf16_choice(value: str | None = None) -> str:
+    """`value`, else $SD_CPU_BF16, else 'auto'; 'on'/'off' also as 1/0, true/false, yes/no."""
+    raw = (value if value is not None else os.environ.get(ENV_VAR, "auto")).strip().lower()
+    aliases = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off", "": "auto"}
+    choice = aliases.get(raw, raw)
+    if choice not in CHOICES:
+        raise ValueError(f"{ENV_VAR}={raw!r}: expected one of {', '.join(CHOICES)}")
+    return choice
+
+
+def plan_for(
+    device: torch.device | str,
+    precision: str = "autocast",
+    no_half: bool = False,
+    *,
+    cpu_bf16: str | None = None,
+    measure_fn=None,
+) -> PrecisionPlan:
+    """The plan for the command line's flags on `device` (logged). `cpu_bf16` (else $SD_CPU_BF16) overrides
+    the CPU probe; `measure_fn` replaces ``probe`` (tests)."""
+    from modules.models import devices
+
+    device = torch.device(device)
+    if device.type != "cpu":
+        dtype = devices.resolve_dtype(device, precision, no_half)
+        plan = PrecisionPlan.uniform(dtype, "--precision full / --no-half" if dtype == torch.float32 else "GPU")
+    elif precision == "full" or no_half:
+        plan = PrecisionPlan.uniform(torch.float32, "--precision full" if precision == "full" else "--no-half")
+    else:
+        choice = cpu_bf16_choice(cpu_bf16)
+        result = None
+        if choice == "auto":
+            result = (measure_fn or probe)()
+            fast = result.fast
+            reason = f"probe: bfloat16 {'fast' if fast else 'not fast'} on this CPU ({result.summary()})"
+        else:
+            fast = choice == "on"
+            reason = f"{ENV_VAR}={choice}"
+        if fast:
+            text = torch.bfloat16 if TEXT_ENCODER_BF16 else torch.float32
+            plan = PrecisionPlan(torch.bfloat16, text, torch.float32, torch.float32, reason, result)
+        else:
+            plan = PrecisionPlan(torch.float32, torch.float32, torch.float32, torch.float32, reason, result)
+    log.info("Precision: %s (%s)", plan.label, plan.reason)
+    return plan

@@ -1,0 +1,214 @@
+"""CPU precision plans (modules.models.precision): the probe's decision and its overrides, bfloat16 UNet
+weights made once at load and kept through checkpoint switches, float32 (--precision full) exactly
+as before, the VAE and MiDaS in float32, and the bfloat16 UNet's output close to float32's."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from modules.core.hooks import Hooks
+from modules.core.progress import JobControl
+from modules.core.request import GenerationRequest
+from modules.core.settings import Settings
+from modules.generation.processing import ProcessingContext, process
+from modules.models import checkpoints, optimizations, precision
+from modules.models.checkpoints import CheckpointRegistry, HashCache, load_model
+from modules.models.manager import ModelManager
+from modules.models.precision import PrecisionPlan, ProbeResult
+
+CPU = torch.device("cpu")
+W, H = 96, 64
+FAST = ProbeResult(10.0, 2.0, 20.0, 5.0, 0.05, 2)  # bfloat16 5x / 4x faster
+SLOW = ProbeResult(1.0, 300.0, None, None, 0.01, 2)  # emulated bfloat16 (AVX2)
+
+
+def png(seed: int = 0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    base = np.stack([xx * 255 / W, yy * 255 / H, (xx + yy) * 127 / (W + H)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(base + rng.randint(-20, 20, (H, W, 3)), 0, 255).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def unet_out(model) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x, d, c = (torch.randn(2, 4, 8, 12, generator=g), torch.randn(2, 1, 8, 12, generator=g),
+               torch.randn(2, 77, 128, generator=g))  # fmt: skip
+    return model.apply_model(x, torch.tensor([10, 700]), {"c_concat": [d], "c_crossattn": [c]})
+
+
+def bf16_plan() -> PrecisionPlan:
+    return precision.plan_for(CPU, cpu_bf16="on")
+
+
+def _manager(tmp_path, *ckpts, plan=None, keep: int = 2, optimize: bool = True) -> ModelManager:
+    registry = CheckpointRegistry([c.path.parent for c in ckpts], HashCache(None))
+    registry.refresh()
+    on_loaded = (lambda m: optimizations.apply(m, Settings())) if optimize else None
+    return ModelManager(registry, device=CPU, dtype=torch.float32, keep_in_memory=keep, precision=plan,
+                        on_loaded=on_loaded)  # fmt: skip
+
+
+def _generate(mm: ModelManager, tmp_path, sampler: str = "Euler a") -> np.ndarray:
+    request = GenerationRequest(prompt="a house", negative_prompt="blur", init_images=[png()], width=W,
+                                height=H, steps=4, seed=7, denoising_strength=0.75, sampler_name=sampler,
+                                save_images=False)  # fmt: skip
+    ctx = ProcessingContext(mm, Settings(), tmp_path, hooks=Hooks(), control=JobControl())
+    return process(request, ctx).images[0]
+
+
+# --- the decision ----------------------------------------------------------------------------------------
+
+
+def test_probe_is_short_and_gives_figures():
+    result = precision.measure(reps=2)
+    assert result.seconds < 1.0  # well under a second even on a shared CPU (AVX2 stops after screening)
+    assert result.matmul_fp32_ms > 0 and result.matmul_bf16_ms > 0
+    assert "matmul fp32" in result.summary() and isinstance(result.fast, bool)
+
+
+@pytest.mark.parametrize("result, unet", [(FAST, torch.bfloat16), (SLOW, torch.float32)])
+def test_the_probes_decision_is_honoured_and_logged(result, unet, monkeypatch, caplog):
+    monkeypatch.delenv(precision.ENV_VAR, raising=False)
+    with caplog.at_level(logging.INFO, logger="modules.models.precision"):
+        plan = precision.plan_for(CPU, measure_fn=lambda: result)
+    assert plan.unet == unet and plan.probe is result
+    assert plan.vae == plan.depth == plan.text_encoder == torch.float32
+    assert "probe" in plan.reason and "matmul fp32" in caplog.text and plan.label in caplog.text
+    assert plan.label == ("bf16 UNet" if unet == torch.bfloat16 else "fp32")
+
+
+def test_a_conv_that_does_not_pay_keeps_float32():
+    assert not ProbeResult(10.0, 2.0, 20.0, 18.0, 0.05, 2).fast  # matmul 5x, conv 1.1x
+
+
+@pytest.mark.parametrize("forced, unet", [("on", torch.bfloat16), ("off", torch.float32)])
+def test_the_probe_is_overridable_by_argument_and_environment(forced, unet, monkeypatch):
+    never = lambda: pytest.fail("the probe ran although the choice was forced")  # noqa: E731
+    assert precision.plan_for(CPU, cpu_bf16=forced, measure_fn=never).unet == unet
+    monkeypatch.setenv(precision.ENV_VAR, forced)
+    plan = precision.plan_for(CPU, measure_fn=never)
+    assert plan.unet == unet and precision.ENV_VAR in plan.reason
+
+
+def test_precision_full_and_no_half_keep_float32_without_probing(monkeypatch):
+    monkeypatch.setenv(precision.ENV_VAR, "on")  # full wins over a forced bf16
+    never = lambda: pytest.fail("probed")  # noqa: E731
+    for plan in (precision.plan_for(CPU, "full", measure_fn=never), precision.plan_for(CPU, no_half=True)):
+        assert plan == PrecisionPlan.uniform(torch.float32, plan.reason) and plan.label == "fp32"
+
+
+def test_a_bad_environment_value_is_an_error(monkeypatch):
+    monkeypatch.setenv(precision.ENV_VAR, "maybe")
+    with pytest.raises(ValueError, match=precision.ENV_VAR):
+        precision.plan_for(CPU)
+
+
+def test_labels():
+    f32, f16, b16 = torch.float32, torch.float16, torch.bfloat16
+    assert precision.label_of(f32, f32, f32) == "fp32" and precision.label_of(f16, f16, f16) == "fp16"
+    assert precision.label_of(b16, f32, f32) == "bf16 UNet"
+    assert precision.label_of(b16, b16, f32) == "bf16 UNet+text encoder"
+
+
+# --- the weights -----------------------------------------------------------------------------------------
+
+
+def test_bf16_plan_gives_a_bf16_unet_and_float32_vae_midas_text(depth_ckpt):
+    model = load_model(depth_ckpt.path, precision=bf16_plan())
+    assert all(p.dtype == torch.bfloat16 for p in model.unet.parameters())
+    for part in (model.vae, model.depth_model, model.text_encoder):
+        assert all(p.dtype == torch.float32 for p in part.parameters())
+    assert model.precision_label == "bf16 UNet" and model.dtype == torch.bfloat16
+    ctx = model.get_learned_conditioning(["a house"])
+    assert ctx.dtype == torch.float32
+
+
+def test_bf16_weights_are_made_once_and_survive_switches_back_and_forth(depth_ckpt, sd2_ckpt, tmp_path, monkeypatch):
+    loads = []
+    real = checkpoints.load_model
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **kw: loads.append(a[0]) or real(*a, **kw))
+    mm = _manager(tmp_path, depth_ckpt, sd2_ckpt, plan=bf16_plan(), keep=2)
+    first = mm.load("tiny-depth").model
+    weight = first.unet.conv_in.weight
+    ptr = weight.data_ptr()
+    assert weight.dtype == torch.bfloat16 and mm.precision_label == "bf16 UNet"
+    other = mm.load("tiny-sd2").model
+    assert other.precision_label == "bf16 UNet" and other.dtype == torch.bfloat16
+    again = mm.load("tiny-depth").model
+    mm.load("tiny-sd2")
+    back = mm.load("tiny-depth").model
+    assert again is first and back is first and len(loads) == 2  # loaded (and converted) once each
+    assert first.unet.conv_in.weight is weight and weight.data_ptr() == ptr and weight.dtype == torch.bfloat16
+    assert mm.precision_info()["label"] == "bf16 UNet" and mm.precision_info()["unet"] == "bf16"
+
+
+def test_a_reload_after_eviction_keeps_the_choice(depth_ckpt, sd2_ckpt, tmp_path):
+    mm = _manager(tmp_path, depth_ckpt, sd2_ckpt, plan=bf16_plan(), keep=1)
+    mm.load("tiny-depth")
+    mm.load("tiny-sd2")
+    assert mm.load("tiny-depth").model.precision_label == "bf16 UNet"
+
+
+def test_winograd_and_prepack_skip_bf16_unet_convs_but_keep_the_float32_vae(depth_ckpt, monkeypatch):
+    from modules.models.optimizations import PackedConv, WinogradConv
+
+    monkeypatch.setattr(WinogradConv, "MIN_CHANNELS", 1)  # the tiny model's convolutions qualify
+    model = load_model(depth_ckpt.path, precision=bf16_plan())
+    plain = unet_out(model)
+    applied = optimizations.apply(model, Settings().override({"opt_prepack_conv": True}))
+    assert applied["winograd_conv"] and applied["prepack_conv"]
+    unet_convs = [m for m in model.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    vae_convs = [m for m in model.vae.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert not any(isinstance(c.__dict__.get("forward"), (PackedConv, WinogradConv)) for c in unet_convs)
+    assert any(isinstance(c.__dict__.get("forward"), WinogradConv) for c in vae_convs)
+    assert torch.equal(unet_out(model), plain)  # the bf16 UNet's own path, unchanged
+
+
+# --- the numbers -----------------------------------------------------------------------------------------
+
+
+def test_precision_full_is_bit_identical_to_todays_path(depth_ckpt, tmp_path):
+    today = _manager(tmp_path, depth_ckpt, plan=None, keep=1)
+    full = _manager(tmp_path, depth_ckpt, plan=precision.plan_for(CPU, "full"), keep=1)
+    a, b = today.load("tiny-depth").model, full.load("tiny-depth").model
+    assert b.precision_label == a.precision_label == "fp32"
+    assert all(torch.equal(p, q) and p.dtype == q.dtype for p, q in zip(a.unet.parameters(), b.unet.parameters()))
+    assert torch.equal(unet_out(a), unet_out(b))
+    assert np.array_equal(_generate(today, tmp_path), _generate(full, tmp_path))
+
+
+def test_apply_model_keeps_the_sampler_in_float32_and_bf16_is_close(depth_ckpt, sdpa_inputs):
+    ref_model = load_model(depth_ckpt.path)
+    model = load_model(depth_ckpt.path, precision=bf16_plan())
+    ref = unet_out(ref_model)
+    sdpa_inputs.clear()
+    out = unet_out(model)
+    assert out.dtype == torch.float32 and set(sdpa_inputs) == {torch.bfloat16}  # computed in bf16, handed back f32
+    rel = float((out - ref).norm() / ref.norm())
+    assert rel < 0.03, f"relative error {rel:.4f}"  # bfloat16 has 8 mantissa bits (~0.4 % per rounding)
+
+
+def test_bf16_images_are_close_to_float32(depth_ckpt, tmp_path):
+    f32 = _generate(_manager(tmp_path, depth_ckpt, plan=precision.plan_for(CPU, "full"), keep=1), tmp_path)
+    b16 = _generate(_manager(tmp_path, depth_ckpt, plan=bf16_plan(), keep=1), tmp_path)
+    diff = np.abs(f32.astype(int) - b16.astype(int))
+    assert b16.shape == f32.shape and diff.mean() < 4, f"mean pixel difference {diff.mean():.2f}"
+
+
+@pytest.fixture()
+def sdpa_inputs(monkeypatch) -> list[torch.dtype]:
+    import torch.nn.functional as F
+
+    seen, real = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **kw: seen.append(q.dtype) or real(q, *a, **kw))
+    return seen

@@ -5,7 +5,8 @@ On a GPU nothing changes: float16 for the UNet, VAE and text encoder unless ``--
 the UNet **bfloat16 weights** when a short measured probe says bfloat16 is fast on this machine
 (AVX-512 BF16 / AMX: oneDNN's bfloat16 kernels), else float32 as before. "Fast" is measured, never
 read from a CPU name: ``probe()`` times a float32 and a bfloat16 matmul and 3x3 convolution at SD
-shapes (best of a few repetitions, well under a second; a CPU that emulates bfloat16 is stopped
+shapes (single-threaded, the best of 3 to 20 alternated repetitions in the thread's CPU time, so
+that a busy shared CPU does not decide; well under a second; a CPU that emulates bfloat16 is stopped
 after a small screening matmul) and logs its figures with the decision.
 
 What runs in which dtype is a ``PrecisionPlan``:
@@ -54,7 +55,7 @@ class ProbeResult:
     conv_fp32_ms: float | None
     conv_bf16_ms: float | None
     seconds: float  # the probe's own wall time
-    threads: int
+    threads: int  # the probe's (1: per-core speed, in CPU time)
 
     @property
     def matmul_speedup(self) -> float:
@@ -77,7 +78,7 @@ class ProbeResult:
             conv = "conv not run (bf16 matmul already too slow)"
         else:
             conv = f"conv fp32 {self.conv_fp32_ms:.1f} ms, bf16 {self.conv_bf16_ms:.1f} ms ({self.conv_speedup:.2f}x)"
-        return f"{mm}; {conv}; {self.threads} threads, probe {self.seconds:.2f}s"
+        return f"{mm}; {conv}; {self.threads} thread CPU time, probe {self.seconds:.2f}s wall"
 
     def as_dict(self) -> dict:
         return {
@@ -90,18 +91,26 @@ class ProbeResult:
         }
 
 
-def _time_pair(make, reps: int) -> tuple[float, float]:
-    """Best-of-`reps` (float32 ms, bfloat16 ms) of `make(dtype)()`, the two alternated so that a
-    neighbour's load on a shared CPU hits both alike; one untimed warm-up each (oneDNN's kernel choice)."""
+def _time_pair(make, reps: int, budget_s: float = 0.1, max_reps: int = 20) -> tuple[float, float]:
+    """Best (float32 ms, bfloat16 ms) of `make(dtype)()` in this thread's CPU time, the two alternated;
+    one untimed warm-up each (oneDNN's kernel choice). At least `reps` repetitions, then more while
+    within `budget_s` of CPU time (up to `max_reps`).
+
+    Run single-threaded (see ``measure``) and timed by the thread's CPU clock, so that a neighbour's
+    load on a shared CPU (which preempts threads and stretches wall times arbitrarily) does not decide.
+    """
     fns = (make(torch.float32), make(torch.bfloat16))
     best = [float("inf"), float("inf")]
     for fn in fns:
         fn()
-    for _ in range(reps):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
+    start = time.thread_time()
+    for i in range(max_reps):
+        if i >= reps and time.thread_time() - start > budget_s:
+            break
+        for j, fn in enumerate(fns):
+            t0 = time.thread_time()
             fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
+            best[j] = min(best[j], time.thread_time() - t0)
     return best[0] * 1e3, best[1] * 1e3
 
 
@@ -128,15 +137,24 @@ def measure(reps: int = 3) -> ProbeResult:
 
         return make
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per-core speed, timed in CPU time: see _time_pair
+    try:
+        return _measure(matmul, conv, reps, t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(matmul, conv, reps: int, t0: float) -> ProbeResult:
     with torch.inference_mode():
         # Screening: a CPU that emulates bfloat16 (AVX2: ~0.3 GFLOP/s) is told apart in a few ms.
         s32, s16 = _time_pair(matmul(256, 256, 256), reps=2)
         if s16 > 2 * s32:
-            return ProbeResult(s32, s16, None, None, time.perf_counter() - t0, torch.get_num_threads())
+            return ProbeResult(s32, s16, None, None, time.perf_counter() - t0, 1)
         # SD-like: a 32x32 level's projection (1024 tokens x 640) and a 320-channel 3x3 convolution at 32x32.
         m32, m16 = _time_pair(matmul(1024, 640, 640), reps)
         c32, c16 = _time_pair(conv(320, 32), reps)
-    return ProbeResult(m32, m16, c32, c16, time.perf_counter() - t0, torch.get_num_threads())
+    return ProbeResult(m32, m16, c32, c16, time.perf_counter() - t0, 1)
 
 
 _probe_lock = threading.Lock()

@@ -7,7 +7,10 @@
 
 Run by a Python that is not in a virtual environment, it creates ./venv (or --venv) and re-runs
 itself there; run by the python of an existing virtual environment, it uses that one.  Either way
-it installs only the requirements that are missing (skip with --skip-install).
+it installs only the requirements that are missing (skip with --skip-install): requirements.txt
+(plus requirements-dev.txt for `test`), then requirements-nodeps.txt with `pip install --no-deps`,
+for packages whose declared dependencies must not be installed (spandrel declares torchvision, which
+would pull another torch build); their real dependencies are pinned in requirements.txt.
 Only the standard library is used until the environment is ready.
 """
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("test", "batch")
+NODEPS_REQUIREMENTS = ROOT / "requirements-nodeps.txt"
 
 
 def in_virtualenv() -> bool:
@@ -80,14 +84,19 @@ def _satisfied(spec: str) -> bool:
     return not version or installed.split("+", 1)[0] == version.strip()
 
 
-def ensure_requirements(files: list[Path]) -> None:
-    """pip-install the pinned requirements that are missing, with requirements.txt as constraints."""
+def ensure_requirements(files: list[Path], *, no_deps: bool = False) -> None:
+    """pip-install the pinned requirements that are missing, with requirements.txt as constraints.
+
+    ``no_deps``: install them with ``--no-deps`` (their dependencies are not resolved or installed).
+    """
     missing = [spec for f in files for spec in _requirements(f) if not _satisfied(spec)]
     if not missing:
         return
-    print(f"Installing {len(missing)} missing requirements: {' '.join(missing)}", flush=True)
+    how = " without their dependencies" if no_deps else ""
+    print(f"Installing {len(missing)} missing requirements{how}: {' '.join(missing)}", flush=True)
     constraints = ["-c", str(ROOT / "requirements.txt")]
-    subprocess.check_call([sys.executable, "-m", "pip", "install", *constraints, *missing])
+    flags = ["--no-deps"] if no_deps else []
+    subprocess.check_call([sys.executable, "-m", "pip", "install", *flags, *constraints, *missing])
 
 
 def main(argv: list[str]) -> int:
@@ -105,6 +114,7 @@ def main(argv: list[str]) -> int:
         if command == "test":
             files.append(ROOT / "requirements-dev.txt")
         ensure_requirements(files)
+        ensure_requirements([NODEPS_REQUIREMENTS], no_deps=True)
     if command != "webui":
         rest = _without_launcher_options(rest)
     if command == "test":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,36 @@ def test_launcher_checks_pins(tmp_path):
         "a",
     ]
     assert launch.in_virtualenv() == (sys.prefix != sys.base_prefix)
+
+
+def _dist_name(spec: str) -> str:
+    name = re.split(r"[\s<>=!~;\[(]", spec.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_launcher_installs_nodeps_requirements_after_the_others_without_dependencies(monkeypatch):
+    """`python launch.py test` on a fresh venv: requirements(-dev).txt as usual, then spandrel with --no-deps."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(launch, "ensure_venv", lambda argv: None)
+    monkeypatch.setattr(launch, "_satisfied", lambda spec: False)  # nothing installed yet
+    monkeypatch.setattr(launch.subprocess, "check_call", lambda cmd: calls.append(cmd))
+    monkeypatch.setattr(launch.subprocess, "call", lambda cmd, cwd=None: 0)
+    assert launch.main(["test", "-q"]) == 0
+    regular, no_deps = calls
+    pinned = launch._requirements(ROOT / "requirements.txt") + launch._requirements(ROOT / "requirements-dev.txt")
+    nodeps = launch._requirements(launch.NODEPS_REQUIREMENTS)
+    assert any(spec.startswith("spandrel==") for spec in nodeps)
+    assert "--no-deps" not in regular and regular[-len(pinned) :] == pinned
+    assert no_deps[:5] == [sys.executable, "-m", "pip", "install", "--no-deps"] and no_deps[-len(nodeps) :] == nodeps
+    assert "torchvision" not in {_dist_name(spec) for spec in pinned + nodeps}
+
+
+def test_nodeps_packages_have_their_real_dependencies_pinned():
+    """What a --no-deps package declares (torchvision excepted, see requirements-nodeps.txt) is in requirements.txt."""
+    from importlib import metadata
+
+    pinned = {_dist_name(spec) for spec in launch._requirements(ROOT / "requirements.txt")}
+    for spec in launch._requirements(launch.NODEPS_REQUIREMENTS):
+        assert launch._satisfied(spec), f"{spec} is not installed; run python launch.py test"
+        declared = {_dist_name(r) for r in metadata.requires(_dist_name(spec)) or [] if "extra ==" not in r}
+        assert declared - {"torchvision"} <= pinned, f"{spec} needs {declared - pinned - {'torchvision'}}"

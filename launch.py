@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
     rest = argv[1:] if command != "webui" else argv
     if command == "webui" and ("-h" in rest or "--help" in rest):
         sys.path.insert(0, str(ROOT))
-        from modules.cmd_args import build_parser
+        from modules.app.options import build_parser
 
         build_parser().print_help()
         return 0
@@ -121,7 +121,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([sys.executable, "-m", "pytest", *rest], cwd=ROOT)
     sys.path.insert(0, str(ROOT))
     if command == "batch":
-        from modules.batch_cli import main as batch_main
+        from modules.frontends.batch.cli import main as batch_main
 
         return batch_main(rest)
     import webui

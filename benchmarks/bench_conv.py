@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from common import machine, parser, require_ckpt, write_json
 
-from modules import memory, optimizations
-from modules.checkpoints import load_model
+from modules.core import memory
+from modules.models import optimizations
+from modules.models.checkpoints import load_model
 
 ALGOS = ("direct", "pre-packed", "Winograd")
 

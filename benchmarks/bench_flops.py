@@ -17,9 +17,9 @@ from common import machine, parser, require_ckpt, write_json
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from modules import optimizations
-from modules.checkpoints import load_model
-from modules.settings import Settings
+from modules.core.settings import Settings
+from modules.models import optimizations
+from modules.models.checkpoints import load_model
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:

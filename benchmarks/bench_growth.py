@@ -24,9 +24,10 @@ sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import torch
 torch.set_grad_enabled(False)
 from common import peak_rss_mb
-from modules.checkpoints import load_model
-from modules import memory, optimizations
-from modules.settings import Settings
+from modules.models.checkpoints import load_model
+from modules.core import memory
+from modules.models import optimizations
+from modules.core.settings import Settings
 if {retain}:
     memory.retain_freed_memory()  # as the web UI does
 model = load_model({ckpt!r})

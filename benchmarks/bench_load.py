@@ -36,7 +36,7 @@ print(json.dumps({{"seconds": seconds, "peak_rss_after_load_mb": after_load, "pe
                   "rss_touched_mb": rss_mb()}}))
 """
 
-OURS_IMPORTS = "from modules import ckpt_io, convert, model_config; from modules.checkpoints import load_model"
+OURS_IMPORTS = "from modules.models import safe_load as ckpt_io, ldm_to_diffusers as convert, ldm_config as model_config; from modules.models.checkpoints import load_model"
 DIFFUSERS_IMPORTS = "from diffusers import AutoencoderKL, UNet2DConditionModel"
 OURS_FULL = """
 model = load_model({path!r})
@@ -99,8 +99,8 @@ def switching(files: list[Path]) -> dict:
     """Seconds to switch A -> B -> A, keeping one checkpoint in memory vs two (A1111's sd_checkpoints_limit)."""
     import torch
 
-    from modules.checkpoints import CheckpointRegistry, HashCache
-    from modules.model_manager import ModelManager
+    from modules.models.checkpoints import CheckpointRegistry, HashCache
+    from modules.models.manager import ModelManager
 
     out = {}
     for keep in (1, 2):

@@ -22,14 +22,14 @@ import time
 import torch
 from common import machine, parser, peak_rss_mb, require_ckpt, test_image, write_json
 
-from modules import devices, offload
-from modules.checkpoints import CheckpointRegistry, HashCache
-from modules.hooks import Hooks
-from modules.model_manager import ModelManager
-from modules.processing import ProcessingContext, process
-from modules.progress import JobControl
-from modules.request import GenerationRequest
-from modules.settings import Settings
+from modules.core.hooks import Hooks
+from modules.core.progress import JobControl
+from modules.core.request import GenerationRequest
+from modules.core.settings import Settings
+from modules.generation.processing import ProcessingContext, process
+from modules.models import devices, offload
+from modules.models.checkpoints import CheckpointRegistry, HashCache
+from modules.models.manager import ModelManager
 
 PROMPT = "a cozy cabin in a snowy forest, oil painting"
 

@@ -15,13 +15,13 @@ import time
 import numpy as np
 from common import machine, model_manager, parser, psnr, require_ckpt, test_image, write_json
 
-from modules import optimizations
-from modules.conditioning import ConditioningCache
-from modules.hooks import Hooks
-from modules.processing import DepthCache, ProcessingContext, process
-from modules.progress import JobControl
-from modules.request import GenerationRequest
-from modules.settings import Settings
+from modules.core.hooks import Hooks
+from modules.core.progress import JobControl
+from modules.core.request import GenerationRequest
+from modules.core.settings import Settings
+from modules.generation.conditioning import ConditioningCache
+from modules.generation.processing import DepthCache, ProcessingContext, process
+from modules.models import optimizations
 
 EXACT = {"opt_channels_last": False, "opt_winograd_conv": False}  # PyTorch's own convolutions
 

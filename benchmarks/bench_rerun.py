@@ -14,9 +14,9 @@ import time
 
 from common import StageTimer, machine, model_manager, parser, require_ckpt, test_image, write_json
 
-from modules.request import GenerationRequest
-from modules.service import Service
-from modules.settings import Settings
+from modules.app.service import Service
+from modules.core.request import GenerationRequest
+from modules.core.settings import Settings
 
 
 def main() -> None:

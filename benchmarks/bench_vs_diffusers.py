@@ -44,14 +44,16 @@ from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 from transformers import CLIPTokenizer, DPTImageProcessorPil
 
-from modules import memory, optimizations, samplers
-from modules.conditioning import ConditioningCache
-from modules.hooks import Hooks
-from modules.processing import DepthCache, ProcessingContext, process
-from modules.progress import JobControl
-from modules.request import GenerationRequest
-from modules.settings import Settings
-from modules.tokenizer import TOKENIZER_DIR
+from modules.core import memory, samplers
+from modules.core.hooks import Hooks
+from modules.core.progress import JobControl
+from modules.core.request import GenerationRequest
+from modules.core.settings import Settings
+from modules.generation import sampling
+from modules.generation.conditioning import ConditioningCache
+from modules.generation.processing import DepthCache, ProcessingContext, process
+from modules.models import optimizations
+from modules.models.tokenizer import TOKENIZER_DIR
 
 PROMPT = "a cozy cabin in a snowy forest, warm light in the windows, detailed, photograph"
 
@@ -73,7 +75,7 @@ def diffusers_pipeline(model, scheduler) -> StableDiffusionDepth2ImgPipeline:
 
 # Each arm: (label, pipeline, our speed options, our allocator setting).  "ours" is the app as it
 # ships (Settings defaults, Winograd convolutions included; freed memory retained within a job, see
-# modules/memory.py); "ours-direct" is the same with PyTorch's own (direct) convolutions. diffusers
+# modules/core/memory.py); "ours-direct" is the same with PyTorch's own (direct) convolutions. diffusers
 # runs as a user runs it (its modules as loaded, glibc's defaults); "diffusers+alloc" gives it our
 # allocator setting, to show how much of the difference is the allocator alone.
 ARMS = {
@@ -132,7 +134,7 @@ def main() -> None:
     def run_diffusers(name: str):
         optimizations.apply(model, Settings().override(PLAIN))  # diffusers' own modules as loaded
         spec = samplers.find_sampler(name)
-        sched = samplers.build_scheduler(spec, samplers.resolve_schedule(spec, "Automatic"), model.betas_f64, "eps")
+        sched = sampling.build_scheduler(spec, samplers.resolve_schedule(spec, "Automatic"), model.betas_f64, "eps")
         pipe = diffusers_pipeline(model, sched)
         extra = {"eta": 0.0} if spec.uses_eta else {}
         synchronize()

@@ -50,9 +50,10 @@ def model_manager(ckpt: Path, retain: bool = True, device: str = "cpu"):
 
     With `retain` the process allocator is set as the web UI sets it (freed memory reused within a
     job); without, glibc's defaults stay (as in a plain diffusers script)."""
-    from modules import devices, memory
-    from modules.checkpoints import CheckpointRegistry, HashCache
-    from modules.model_manager import ModelManager
+    from modules.core import memory
+    from modules.models import devices
+    from modules.models.checkpoints import CheckpointRegistry, HashCache
+    from modules.models.manager import ModelManager
 
     if retain:
         memory.retain_freed_memory()

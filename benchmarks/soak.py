@@ -1,9 +1,9 @@
 """Soak: many small generations in a row through the HTTP API, switching models between them; prints RSS.
 
-A script that prints figures, not a test (``tests/test_reliability_load.py`` has a short version that
+A script that prints figures, not a test (``tests/reliability/test_reliability_load.py`` has a short version that
 asserts the switched-out models are freed).  It writes tiny checkpoints in the real LDM layout
-(``tests/ldm_layout.py``) into a temporary data folder, serves the real app in-process
-(``tests/server.py``: ``webui.create_app`` on a loopback port) and drives it with plain HTTP, so the
+(``tests/helpers/ldm_layout.py``) into a temporary data folder, serves the real app in-process
+(``tests/helpers/server.py``: ``frontends.server.create_app`` on a loopback port) and drives it with plain HTTP, so the
 resident memory it reports is the server's (plus a thin client):
 
     python benchmarks/soak.py                         # 200 generations, a model switch every 10
@@ -65,7 +65,6 @@ def slope_per_100(xs: list[int], ys: list[float]) -> float:
 
 def run(iterations: int, switch_every: int, size: int, steps: int, report_every: int) -> dict:
     import httpx
-
     from tests.ldm_layout import write_checkpoint
     from tests.server import populate, running_server
 

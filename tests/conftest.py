@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.ldm_layout import TinyCheckpoint, write_checkpoint  # noqa: E402
+from tests.helpers.ldm_layout import TinyCheckpoint, write_checkpoint  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 # Property tests explore a fixed sequence of examples, so CI is reproducible; set HYPOTHESIS_PROFILE=explore
@@ -57,21 +57,21 @@ def sd1_ckpt(tiny_dir) -> TinyCheckpoint:
 
 @pytest.fixture(scope="session")
 def depth_model(depth_ckpt):
-    from modules.checkpoints import load_model
+    from modules.models.checkpoints import load_model
 
     return load_model(depth_ckpt.path)
 
 
 @pytest.fixture(scope="session")
 def sd1_model(sd1_ckpt):
-    from modules.checkpoints import load_model
+    from modules.models.checkpoints import load_model
 
     return load_model(sd1_ckpt.path)
 
 
 @pytest.fixture(scope="session")
 def ldm_available():
-    from tests import oracle
+    from tests.helpers import oracle
 
     if oracle.ldm_root() is None:
         pytest.skip("the original ldm code (stable-diffusion-sdkit wheel) could not be downloaded")
@@ -84,7 +84,7 @@ def ldm_available():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, depth_ckpt, sd2_ckpt) -> Path:
     """A data folder with both tiny checkpoints in models/Stable-diffusion/."""
-    from tests.server import populate
+    from tests.helpers.server import populate
 
     d = tmp_path_factory.mktemp("data")
     populate(d, depth_ckpt, sd2_ckpt)
@@ -94,14 +94,14 @@ def data_dir(tmp_path_factory, depth_ckpt, sd2_ckpt) -> Path:
 @pytest.fixture(scope="module")
 def server(data_dir):
     """The web UI and the API on one port (`launch.py --api`), with the tiny depth checkpoint loaded."""
-    from tests.server import running_server
+    from tests.helpers.server import running_server
 
     with running_server(data_dir, "--api") as srv:
         srv.app.service.select_checkpoint("tiny-depth")
         yield srv
 
 
-# --- fixtures over the `server` fixture (a tests.server.RunningServer) -------------------------------
+# --- fixtures over the `server` fixture (a tests.helpers.server.RunningServer) -------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +133,8 @@ def depth_model_current(request):
 @pytest.fixture()
 def manager(tmp_path, depth_ckpt):
     """A float32 CPU model manager over a folder holding the tiny depth checkpoint."""
-    from modules.checkpoints import CheckpointRegistry, HashCache
-    from modules.model_manager import ModelManager
+    from modules.models.checkpoints import CheckpointRegistry, HashCache
+    from modules.models.manager import ModelManager
 
     folder = tmp_path / "models"
     folder.mkdir()

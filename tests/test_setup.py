@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import launch
-from modules.cmd_args import build_parser, parse_args, parse_auth
-from modules.errors import ValidationError
-from modules.settings import Settings
+from modules.app.options import build_parser, parse_args, parse_auth
+from modules.core.errors import ValidationError
+from modules.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

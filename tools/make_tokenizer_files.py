@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from modules.tokenizer import _byte_encoder  # noqa: E402
+from modules.models.tokenizer import _byte_encoder  # noqa: E402
 
 
 def main(src: str, out_dir: str = "configs/tokenizer") -> None:

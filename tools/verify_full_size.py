@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modules import ckpt_io, depth  # noqa: E402
-from modules.checkpoints import load_model  # noqa: E402
+from modules.models import midas as depth
+from modules.models import safe_load as ckpt_io  # noqa: E402
+from modules.models.checkpoints import load_model  # noqa: E402
 from tests import oracle  # noqa: E402
 
 

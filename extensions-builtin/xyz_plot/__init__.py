@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from modules.extensions import Script
-from modules.hooks import ScriptRunner
-from modules.request import GenerationRequest, GenerationResult
+from modules.app.extensions import Script
+from modules.core.hooks import ScriptRunner
+from modules.core.request import GenerationRequest, GenerationResult
 
 from . import axes, grid
 

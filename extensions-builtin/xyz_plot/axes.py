@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
-from modules.errors import ValidationError
-from modules.request import GenerationRequest
-from modules.samplers import SCHEDULE_TYPES, sampler_names
+from modules.core.errors import ValidationError
+from modules.core.request import GenerationRequest
+from modules.core.samplers import SCHEDULE_TYPES, sampler_names
 
 _INT_RANGE = re.compile(r"^\s*([+-]?\d+)\s*-\s*([+-]?\d+)(?:\s*\(([+-]\d+)\s*\))?\s*$")
 _INT_COUNT = re.compile(r"^\s*([+-]?\d+)\s*-\s*([+-]?\d+)\s*\[(\d+)\]\s*$")

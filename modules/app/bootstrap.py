@@ -1,0 +1,90 @@
+"""The composition root: options -> settings -> checkpoints -> model manager -> extensions -> Service.
+
+Nothing else creates these objects; they are passed explicitly to whoever needs them.  The web UI
+(``webui.main``) and the batch command both build their Service here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from modules.app.extensions import BUILTIN_DIR, ExtensionRegistry
+from modules.app.options import Options
+from modules.app.service import Service
+from modules.core import memory
+from modules.core.settings import Settings
+from modules.models import devices
+from modules.models.checkpoints import CheckpointRegistry, HashCache
+from modules.models.manager import ModelManager
+
+log = logging.getLogger("webui")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("diffusers", "transformers", "httpx", "gradio", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Should have ta>=t0")  # torchsde, harmless at the schedule's ends
+
+
+def prepare_process(log_level: str) -> None:
+    """Once per process, before the Service: logging, and no autograd (inference only)."""
+    configure_logging(log_level)
+    torch.set_grad_enabled(False)
+
+
+def create_service(options: Options) -> Service:
+    data_dir = Path(options.data_dir)
+    settings_path = data_dir / "config.json"
+    settings = Settings.load(settings_path)
+    if not options.malloc_default:
+        memory.retain_freed_memory()  # before the worker thread exists (one arena for all threads)
+    device = devices.resolve_device(options.device)
+    dtype = devices.resolve_dtype(device, options.precision, options.no_half)
+    log.info("Device: %s", devices.describe(device, dtype))
+    offload_mode = devices.offload_mode(device, options.medvram, options.lowvram)
+    registry = CheckpointRegistry(options.model_folders(), HashCache(data_dir / "cache.json"),
+                                  hashing=not options.no_hashing)  # fmt: skip
+    found = registry.refresh()
+    log.info("Found %d checkpoint(s) in %s", len(found), ", ".join(map(str, registry.folders)))
+    models = ModelManager(
+        registry,
+        device=device,
+        dtype=dtype,
+        allow_unsafe=options.disable_safe_unpickle,
+        keep_in_memory=settings.sd_checkpoints_limit,
+        keep_in_cpu=settings.sd_checkpoints_keep_in_cpu,
+        offload_mode=offload_mode,
+    )
+    extensions = ExtensionRegistry.load([BUILTIN_DIR, data_dir / "extensions"], settings.disabled_extensions)
+    return Service(
+        settings=settings,
+        settings_path=settings_path,
+        registry=registry,
+        models=models,
+        data_dir=data_dir,
+        extensions=extensions,
+    )
+
+
+def load_initial_model(service: Service, options: Options) -> None:
+    """--ckpt, else the last used checkpoint, else the first one found (as A1111 does).
+
+    A failure is logged and shown in the UI (``service.last_error``); serving goes on.
+    """
+    wanted = options.ckpt or service.settings.sd_model_checkpoint
+    if not wanted:
+        found = service.checkpoints()
+        if not found:
+            log.info("No checkpoint yet: put one into %s", service.checkpoint_folder)
+            return
+        wanted = found[0].title
+    try:
+        service.select_checkpoint(wanted)
+    except Exception as e:  # the UI shows service.last_error; serving must not depend on it
+        service.load_error = f"{wanted}: {e}"
+        log.error("Could not load checkpoint %s: %s", wanted, e)

@@ -1,0 +1,268 @@
+"""What the web UI, the HTTP API and the batch command ask the program to do: the only door front ends use.
+
+``Service`` is created once by the composition root (``app.bootstrap.create_service``) and handed to
+the UI, the API and the batch runner.  It owns the settings (persisted), the checkpoint list, the
+model manager, the job worker and the caches.  Front ends ``check`` a request (refusals before
+queueing), ``submit`` it (a Future) or ``generate`` it (wait); every generation goes through
+``generation.processing.process`` on the worker thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modules.app.checks import check_request
+from modules.app.extensions import ExtensionRegistry, Script
+from modules.app.worker import Worker
+from modules.core import images, infotext
+from modules.core import settings as settings_module
+from modules.core.hooks import Hooks
+from modules.core.request import GenerationRequest, GenerationResult
+from modules.core.settings import Settings
+from modules.generation.conditioning import ConditioningCache
+from modules.generation.processing import DepthCache, ProcessingContext, estimate_depth, process
+from modules.models import optimizations
+from modules.models.checkpoints import CheckpointInfo, CheckpointRegistry
+from modules.models.manager import LoadedModel, ModelManager
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        settings_path: Path | None,
+        registry: CheckpointRegistry,
+        models: ModelManager,
+        data_dir: Path,
+        extensions: ExtensionRegistry | None = None,
+        worker: Worker | None = None,
+    ):
+        self._settings = settings
+        self.settings_path = settings_path
+        self.registry = registry
+        self.models = models
+        self.data_dir = Path(data_dir)
+        self.extensions = extensions or ExtensionRegistry([])
+        self.hooks: Hooks = self.extensions
+        self.conditioning = ConditioningCache()
+        self.depth_cache = DepthCache(settings.depth_cache_size)
+        self.worker = worker or Worker(lambda: self._settings.show_progress_every_n_steps)
+        self._settings_lock = threading.Lock()
+        self.load_error: str | None = None  # why the start-up checkpoint could not be loaded (shown by the UI)
+        models.on_loaded = lambda model: optimizations.apply(model, self._settings)
+
+    # --- settings -------------------------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def update_settings(self, values: dict[str, Any]) -> Settings:
+        """Validate and apply `values`; ``sd_model_checkpoint`` switches the model (after the running job)."""
+        values = dict(values or {})
+        settings_module.check_request_folders(values)
+        checkpoint = values.pop("sd_model_checkpoint", None)
+        with self._settings_lock:
+            self._settings.override(values)  # validated before the switch: a bad value changes nothing
+        if checkpoint:
+            self.select_checkpoint(checkpoint)  # waits for the running job; records the new checkpoint
+        with self._settings_lock:  # applied to the settings as they are now: changes made meanwhile are kept
+            new = self._settings.override(values)
+            self._settings = new
+            self.extensions.set_disabled(new.disabled_extensions)
+            for model in self.models.loaded_models():
+                optimizations.apply(model, new)
+            self.models.set_keep_in_memory(new.sd_checkpoints_limit)
+            self.models.set_keep_in_cpu(new.sd_checkpoints_keep_in_cpu)
+            self.depth_cache.size = new.depth_cache_size
+            self._save()
+        return new
+
+    def _save(self) -> None:
+        if self.settings_path is None:
+            return
+        try:
+            self._settings.save(self.settings_path)
+        except OSError as e:
+            log.error("could not save settings to %s: %s", self.settings_path, e)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return self.registry.list()
+
+    @property
+    def checkpoint_folder(self) -> Path:
+        """Where the user is told to put checkpoints (the first model folder)."""
+        return self.registry.folders[0] if self.registry.folders else self.data_dir / "models" / "Stable-diffusion"
+
+    def find_checkpoint(self, alias: str) -> CheckpointInfo:
+        """A checkpoint by name, title or hash; CheckpointNotFoundError (404) or ValidationError (a path) otherwise."""
+        return self.registry.get(alias)
+
+    def loaded_titles(self) -> list[str]:
+        """Titles of the checkpoints held in memory (switching to them is instant)."""
+        return self.models.loaded_titles()
+
+    @property
+    def last_error(self) -> str | None:
+        """The last checkpoint load failure (start-up or a switch), None once one loaded."""
+        return self.load_error or self.models.last_error
+
+    def refresh_checkpoints(self) -> list[CheckpointInfo]:
+        return self.worker.run(lambda _: self.registry.refresh(), "refresh-checkpoints")
+
+    def select_checkpoint(self, alias: str) -> LoadedModel:
+        """Switch the current model; waits for the running job, then loads (or reuses) the checkpoint."""
+        info = self.registry.get(alias)  # unknown names fail here, before queueing
+        loaded = self.worker.run(lambda _: self.models.load(info), "load-checkpoint")
+        self.load_error = None
+        with self._settings_lock:
+            self._settings = self._settings.override({"sd_model_checkpoint": loaded.info.title})
+            self._save()
+        return loaded
+
+    def current_checkpoint(self) -> CheckpointInfo | None:
+        current = self.models.current
+        return current.info if current else None
+
+    def unload_checkpoint(self) -> None:
+        self.worker.run(lambda _: self.models.unload(), "unload-checkpoint")
+
+    def reload_checkpoint(self) -> LoadedModel:
+        return self.worker.run(lambda _: self.models.reload(), "reload-checkpoint")
+
+    # --- extensions -----------------------------------------------------------------------------
+    def scripts(self, tab: str | None = None) -> list[Script]:
+        """Selectable scripts (e.g. "X/Y/Z plot") offered in a tab (img2img, inpaint, txt2img)."""
+        return self.extensions.scripts(tab)
+
+    def extension_status(self) -> list[dict[str, Any]]:
+        return self.extensions.status()
+
+    def enabled_extension_names(self) -> list[str]:
+        return [e.name for e in self.extensions.enabled()]
+
+    def ui_sections(self, tab: str) -> list:
+        """Extensions' control sections for a generation tab."""
+        return self.extensions.ui_sections(tab)
+
+    def app_started(self, app: Any) -> None:
+        """Extensions' app-started hooks (their own routes), given the served app."""
+        self.extensions.app_started(app)
+
+    def ui_tabs(self) -> list:
+        """Extensions' own top-level tabs."""
+        return self.extensions.ui_tabs()
+
+    # --- generation -----------------------------------------------------------------------------
+    def context(self, control) -> ProcessingContext:
+        return ProcessingContext(
+            models=self.models,
+            settings=self._settings,
+            data_dir=self.data_dir,
+            conditioning=self.conditioning,
+            depth_cache=self.depth_cache,
+            control=control,
+            hooks=self.hooks,
+        )
+
+    def check(self, request: GenerationRequest, *, template: bool = False) -> GenerationRequest:
+        """Refuse a request before it is queued (sizes, ranges, sampler, schedule, checkpoint override)."""
+        return check_request(request, self._settings, self.registry, template=template)
+
+    def submit(self, request: GenerationRequest) -> Future:
+        """Queue a request on the worker; the Future gives its GenerationResult (or raises its error)."""
+        request = dataclasses.replace(request)
+        return self.worker.submit(lambda control: process(request, self.context(control)), "generate")
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Queue a request on the worker and wait for its result."""
+        return self.submit(request).result()
+
+    def close(self) -> None:
+        """Stop the worker (after the running job); the service takes no jobs afterwards."""
+        self.worker.stop()
+
+    def interrupt(self) -> bool:
+        return self.worker.interrupt()
+
+    def skip(self) -> bool:
+        return self.worker.skip()
+
+    def progress(self) -> dict[str, Any]:
+        """A1111's /progress fields (the preview as a uint8 array, not yet encoded)."""
+        control = self.worker.current_control()
+        if control is None:
+            state = self.worker.last_state()
+            return {
+                "active": False,
+                "progress": 0.0,
+                "eta_relative": 0.0,
+                "state": _state_dict(state, busy=False),
+                "current_image": None,
+                "textinfo": "",
+                "queued": self.worker.pending,
+            }
+        done, eta = control.progress()
+        state = control.snapshot()
+        return {
+            "active": True,
+            "progress": done,
+            "eta_relative": eta,
+            "state": _state_dict(state, busy=True),
+            "current_image": state.preview,
+            "preview_id": state.preview_id,
+            "textinfo": state.textinfo,
+            "queued": self.worker.pending,
+        }
+
+    # --- depth and image info -------------------------------------------------------------------
+    def estimate_depth(self, image: bytes) -> np.ndarray:
+        """MiDaS depth of an image at its own size (rounded to multiples of 8), float32 in [0, 1], white = near."""
+
+        return self.worker.run(lambda control: estimate_depth(self.context(control), image), "depth")
+
+    @staticmethod
+    def png_info(data: bytes) -> tuple[str, dict[str, str]]:
+        text = images.read_infotext(data) or ""
+        return text, (infotext.parse(text) if text else {})
+
+    def memory(self) -> dict[str, Any]:
+        import psutil  # gradio depends on it
+
+        proc = psutil.Process()
+        vm = psutil.virtual_memory()
+        out: dict[str, Any] = {
+            "ram": {"free": vm.available, "used": proc.memory_info().rss, "total": vm.total},
+            "cuda": {"error": "no CUDA device"},
+        }
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            out["cuda"] = {
+                "system": {"free": free, "used": total - free, "total": total},
+                "active": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()},
+            }
+        return out
+
+
+def _state_dict(state, *, busy: bool) -> dict[str, Any]:
+    return {
+        "skipped": state.skipped,
+        "interrupted": state.interrupted,
+        "job": state.job if busy else "",
+        "job_count": state.job_count if busy else 0,
+        "job_timestamp": state.job_timestamp,
+        "job_no": state.job_no if busy else 0,
+        "sampling_step": state.sampling_step if busy else 0,
+        "sampling_steps": state.sampling_steps if busy else 0,
+    }

@@ -1,0 +1,51 @@
+"""The web UI: Gradio Blocks mounted at "/" on the same FastAPI app as the HTTP API.
+
+``mount_ui(app, service, options)`` is called by ``frontends.server.create_app``.  The UI
+builds ``GenerationRequest`` objects and calls the ``Service``; it never touches torch or models.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+from fastapi import FastAPI
+
+from modules.app.options import Options, parse_auth
+from modules.app.service import Service
+from modules.frontends.ui.blocks import build_ui
+from modules.frontends.ui.handlers import UiHandlers
+from modules.frontends.ui.outputs import OutputStore
+from modules.frontends.ui.render import CSS
+
+__all__ = ["build_ui", "mount_ui", "make_handlers"]
+
+
+def make_handlers(service: Service, output_dir: Path | None = None) -> UiHandlers:
+    """Handlers bound to `service`, writing the gallery's files into `output_dir` (a fresh temp folder if None)."""
+    folder = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="sd2-depth-ui-"))
+    return UiHandlers(service, OutputStore(folder))
+
+
+def mount_ui(app: FastAPI, service: Service, options: Options) -> None:
+    """Build the Blocks for `service` and serve them at "/" on `app` (log-in from --gradio-auth)."""
+    handlers = make_handlers(service)
+    blocks = build_ui(handlers)
+    auth = parse_auth(options.gradio_auth)
+    max_mb = options.max_body_mb
+    gr.mount_gradio_app(
+        app,
+        blocks,
+        path="/",
+        auth=list(auth.items()) or None,
+        auth_message="Log in to the Stable Diffusion depth2img web UI" if auth else None,
+        allowed_paths=[str(handlers.store.folder)],
+        max_file_size=f"{int(max_mb)}mb" if max_mb else None,
+        footer_links=[],
+        run_history=False,
+        ssr_mode=False,
+        mcp_server=False,
+        theme=gr.themes.Default(),
+        css=CSS,
+    )

@@ -6,13 +6,14 @@ The bfloat16 arms of ``bench_vs_diffusers.py``: each arm is a model of its own, 
 memory-mapped file: "ours-bf16" with ``precision.plan_for(cpu)`` (bfloat16 UNet, float32 text
 encoder, VAE, MiDaS), "ours" with ``--precision full``, "diffusers" around the float32 modules as
 loaded (PyTorch's own convolutions), "diffusers-bf16" around modules all in bfloat16 (what
-``torch_dtype=torch.bfloat16`` gives: UNet, VAE, text encoder and the depth estimator). Arms run
-alternately (ABBA) in one process; per-stage times; how far each bfloat16 image is from its float32
-counterpart (PSNR, max pixel difference, SSIM). ``--rss`` instead runs each arm in its own process
-(after a 2-step warm-up) and reports its peak resident memory.
+``torch_dtype=torch.bfloat16`` gives: UNet, VAE, text encoder and the depth estimator). Each run of
+an arm is its own process (after an untimed 2-step warm-up: page-in, oneDNN kernels), arms in ABBA
+order, so that each arm's peak resident memory is its own and the four models never share 24 GB
+(in one process they took 18 GB and the page cache thrashed); per-stage times; how far each
+bfloat16 image is from its float32 counterpart (PSNR, max pixel difference, SSIM).
 
     python benchmarks/bench_bf16.py --ckpt /big/sd2depth_rand1234.safetensors [--runs 1] \\
-        [--arms ours-bf16,ours,diffusers,diffusers-bf16] [--samplers "Euler a,DDIM"] [--strength 0.75] [--rss]
+        [--arms ours-bf16,ours,diffusers,diffusers-bf16] [--samplers "Euler a,DDIM"] [--strength 0.75]
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-
-import numpy as np
-import torch
-from common import StageTimer, machine, median, parser, peak_rss_mb, psnr, require_ckpt, test_image, write_json
-from PIL import Image
+from pathlib import Path
 
 import bench_vs_diffusers as vs
+import numpy as np
+import torch
+from common import StageTimer, machine, parser, peak_rss_mb, psnr, require_ckpt, test_image, write_json
+from PIL import Image
+
 from modules.core.hooks import Hooks
 from modules.core.progress import JobControl
 from modules.core.request import GenerationRequest
@@ -190,60 +193,64 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--samplers", default="Euler a,DDIM")
     p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--rss", action="store_true", help="each arm in its own process: peak resident memory")
     p.add_argument("--text-encoder", action="store_true", help="also time the text encoder in float32 vs bfloat16")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--image-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     ckpt = require_ckpt(args)
     torch.set_grad_enabled(False)
     arms_list = [a.strip() for a in args.arms.split(",")]
     names = [s.strip() for s in args.samplers.split(",")]
+    image_bytes = test_image(args.size, args.size)
+    if args.child:  # one timed run of one arm in this fresh process
+        arms = Arms(ckpt)
+        if args.text_encoder:
+            print(json.dumps({"text_encoder": text_encoder_check(arms)}))
+            return
+        run_arm(arms, args.child, names[0], args, image_bytes, steps=2)  # warm-up, untimed
+        seconds, img, stages = run_arm(arms, args.child, names[0], args, image_bytes)
+        np.save(args.image_out, img)
+        print(json.dumps({"seconds": seconds, "stages": stages, "peak_rss_mb": peak_rss_mb(),
+                          "load": os.getloadavg()[0]}))  # fmt: skip
+        return
     flags = cpu_flags()
     bf16_flags = [f for f in flags if "bf16" in f or f.startswith("amx") or f in ("avx2", "avx512f")]
     report = {"machine": machine() | {"lscpu_flags_bf16": bf16_flags}, "settings": vars(args) | {"ckpt": str(ckpt)},
-              "load_before": os.getloadavg()}  # fmt: skip
-    image_bytes = test_image(args.size, args.size)
-    arms = Arms(ckpt)
-    if args.child:
-        seconds, _, stages = run_arm(arms, args.child, names[0], args, image_bytes, steps=2)  # warm-up
-        seconds, _, stages = run_arm(arms, args.child, names[0], args, image_bytes)
-        print(json.dumps({"seconds": seconds, "stages": stages, "peak_rss_mb": peak_rss_mb()}))
-        return
+              "load_before": os.getloadavg(), "probe": precision.probe().as_dict()}  # fmt: skip
     print(f"CPU flags (bf16-related): {' '.join(bf16_flags)}; load average {os.getloadavg()}", flush=True)
     print(f"probe: {precision.probe().summary()} -> fast={precision.probe().fast}", flush=True)
-    if args.rss:
-        report["rss"] = {}
-        for arm in arms_list:
-            cmd = [sys.executable, __file__, "--ckpt", str(ckpt), "--steps", str(args.steps), "--strength",
-                   str(args.strength), "--size", str(args.size), "--samplers", names[0], "--child", arm]  # fmt: skip
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            report["rss"][arm] = row
-            print(f"{arm:15s} {row['seconds']:7.1f}s  peak RSS {row['peak_rss_mb']:,.0f} MiB", flush=True)
-        report["load_after"] = os.getloadavg()
-        write_json(args.json, report)
-        return
+    base = [sys.executable, __file__, "--ckpt", str(ckpt), "--steps", str(args.steps), "--strength",
+            str(args.strength), "--size", str(args.size)]  # fmt: skip
     if args.text_encoder:
-        report["text_encoder"] = text_encoder_check(arms)
+        out = subprocess.run([*base, "--child", "ours", "--text-encoder"], capture_output=True, text=True, check=True)
+        report["text_encoder"] = json.loads(out.stdout.strip().splitlines()[-1])["text_encoder"]
         print(f"text encoder: {report['text_encoder']}", flush=True)
-    for arm in arms_list:
-        arms.model_for(arm)  # every model loaded before timing
-    run_arm(arms, arms_list[0], names[0], args, image_bytes, steps=2)  # warm-up: page-in, oneDNN kernels, untimed
     report["samplers"] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_bf16_"))
     for name in names:
-        times, stages, images = ({a: [] for a in arms_list}, {a: [] for a in arms_list}, {})
+        times, stages, rss = ({a: [] for a in arms_list} for _ in range(3))
+        images = {}
         for run in range(args.runs):
             for arm in arms_list if run % 2 == 0 else arms_list[::-1]:  # ABBA order
-                seconds, images[arm], st = run_arm(arms, arm, name, args, image_bytes)
-                times[arm].append(seconds)
-                stages[arm].append(st)
-                print(f"{name} run {run + 1} {arm:15s} {seconds:7.1f}s  load {os.getloadavg()[0]:.2f}", flush=True)
+                img_path = tmp / f"{arm}.npy"
+                cmd = [*base, "--samplers", name, "--child", arm, "--image-out", str(img_path)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                images[arm] = np.load(img_path)
+                times[arm].append(row["seconds"])
+                stages[arm].append(row["stages"])
+                rss[arm].append(row["peak_rss_mb"])
+                print(f"{name} run {run + 1} {arm:15s} {row['seconds']:7.1f}s  peak RSS {row['peak_rss_mb']:,.0f} MiB"
+                      f"  load {row['load']:.2f}", flush=True)  # fmt: skip
         entry = vs.summarize(times, stages, against="diffusers" if "diffusers" in arms_list else arms_list[-1])
         entry["vs_ours"] = {}
+        entry["peak_rss_mb"] = {arm: max(v) for arm, v in rss.items()}
         entry["distance"] = {arm: distance(images[arm], images[ref]) for arm, ref in COUNTERPART.items()
                              if arm in images and ref in images}  # fmt: skip
         report["samplers"][name] = entry
         vs.print_entry(name, entry)
+        for arm, mb in entry["peak_rss_mb"].items():
+            print(f"   peak RSS {arm:15s} {mb:8,.0f} MiB")
         for arm, d in entry["distance"].items():
             print(f"   {arm} vs {COUNTERPART[arm]}: PSNR {d['psnr_db']:.1f} dB, max pixel diff {d['max_pixel_diff']}, "
                   f"SSIM {d['ssim']:.4f}")  # fmt: skip

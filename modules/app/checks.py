@@ -7,10 +7,14 @@ Batch tab's request, whose images are filled in per file) is checked without its
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from modules.core import samplers
 from modules.core.request import GenerationRequest
 from modules.core.settings import Settings
-from modules.models.checkpoints import CheckpointRegistry
+
+if TYPE_CHECKING:  # the registry is passed in; importing it here would load torch for --help
+    from modules.models.checkpoints import CheckpointRegistry
 
 
 def check_request(request: GenerationRequest, settings: Settings, registry: CheckpointRegistry | None = None, *,

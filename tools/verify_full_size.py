@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from modules.models import midas as depth
 from modules.models import safe_load as ckpt_io  # noqa: E402
 from modules.models.checkpoints import load_model  # noqa: E402
-from tests import oracle  # noqa: E402
+from tests.helpers import oracle  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

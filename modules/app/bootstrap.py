@@ -7,6 +7,7 @@ Nothing else creates these objects; they are passed explicitly to whoever needs 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def create_service(options: Options) -> Service:
     log.info("Device: %s", devices.describe(device, dtype))
     offload_mode = devices.offload_mode(device, options.medvram, options.lowvram)
     registry = CheckpointRegistry(options.model_folders(), HashCache(data_dir / "cache.json"),
-                                  hashing=not options.no_hashing)  # fmt: skip
+                                  hashing=not options.no_hashing, allow_links_out=options.allow_symlinks_out)  # fmt: skip
     found = registry.refresh()
     log.info("Found %d checkpoint(s) in %s", len(found), ", ".join(map(str, registry.folders)))
     models = ModelManager(
@@ -74,17 +75,36 @@ def create_service(options: Options) -> Service:
 def load_initial_model(service: Service, options: Options) -> None:
     """--ckpt, else the last used checkpoint, else the first one found (as A1111 does).
 
-    A failure is logged and shown in the UI (``service.last_error``); serving goes on.
+    If the wanted checkpoint is gone (renamed, deleted) or does not load, the same file name under a new hash
+    is tried, then each checkpoint found in order: the first that loads is used, and the log and the UI
+    (``service.load_error``) say which one and why.  Serving goes on whatever happens.
     """
     wanted = options.ckpt or service.settings.sd_model_checkpoint
-    if not wanted:
-        found = service.checkpoints()
-        if not found:
-            log.info("No checkpoint yet: put one into %s", service.checkpoint_folder)
-            return
-        wanted = found[0].title
-    try:
-        service.select_checkpoint(wanted)
-    except Exception as e:  # the UI shows service.last_error; serving must not depend on it
-        service.load_error = f"{wanted}: {e}"
-        log.error("Could not load checkpoint %s: %s", wanted, e)
+    found = [info.title for info in service.checkpoints()]
+    if not found and not wanted:
+        log.info("No checkpoint yet: put one into %s", service.checkpoint_folder)
+        return
+    candidates = list(dict.fromkeys([c for c in (wanted, _without_hash(wanted)) if c] + found))
+    first_error: str | None = None
+    tried: set[str] = set()
+    for title in candidates:
+        try:
+            filename = service.find_checkpoint(title).filename
+            if filename in tried:
+                continue
+            tried.add(filename)
+            loaded = service.select_checkpoint(title)
+        except Exception as e:  # the UI shows service.last_error; serving must not depend on it
+            log.error("Could not load checkpoint %s: %s", title, e)
+            first_error = first_error or f"{title}: {e}"
+            continue
+        if first_error is not None:
+            service.load_error = f"{first_error}; loaded {loaded.info.title} instead"
+            log.warning("Checkpoint %s could not be loaded; loaded %s instead", wanted, loaded.info.title)
+        return
+    service.load_error = first_error
+
+
+def _without_hash(title: str | None) -> str | None:
+    """'name.safetensors [0123456789]' -> 'name.safetensors' (the same file after its contents changed)."""
+    return re.sub(r"\s*\[[0-9a-fA-F]{8,64}\]$", "", title) if title else None

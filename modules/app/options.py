@@ -25,6 +25,11 @@ def add_setup_flags(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--ckpt", default=None, help="checkpoint to load first (name, title, hash or file path)")
     models.add_argument("--no-hashing", action="store_true", help="do not sha256 checkpoints (titles show no hash)")
     models.add_argument(
+        "--allow-symlinks-out",
+        action="store_true",
+        help="list checkpoints that are symbolic links to files outside the model folders (skipped by default)",
+    )
+    models.add_argument(
         "--disable-safe-unpickle",
         action="store_true",
         help="load .ckpt files with the full unpickler, which can run code: only for files you trust",
@@ -110,6 +115,7 @@ class Options:
     ckpt_dir: Path | None = None
     ckpt: str | None = None
     no_hashing: bool = False
+    allow_symlinks_out: bool = False
     disable_safe_unpickle: bool = False
     data_dir: Path = ROOT
     device: str = "auto"

@@ -1,25 +1,31 @@
 """Checkpoints on disk: scanning, hashing, config pairing, and loading into a model.
 
 ``CheckpointRegistry`` lists ``*.ckpt`` / ``*.safetensors`` under the model folders (recursively,
-``*.vae.*`` excluded, sorted), each titled ``name [shorthash]`` with the file's sha256 (cached by
-path + mtime in a JSON file, so each file is hashed once).  ``load_model`` is the one way a
-checkpoint file becomes a ``StableDiffusionModel``.
+``*.vae.*`` excluded, sorted), each titled ``name [shorthash]`` with the file's sha256, cached in a
+JSON file under the file's ``FileStamp`` (size, mtime, ctime, inode, device: any write changes the
+ctime, so bytes written back with the same size and mtime are hashed again).  Symbolic links are
+followed when they resolve inside the model folders (or anywhere with ``allow_links_out``); dangling
+or looping ones, and links out of the folders, are skipped with a log line, never an error.
+``load_model`` is the one way a checkpoint file becomes a ``StableDiffusionModel``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from modules.core.errors import CheckpointNotFoundError
+from modules.core.errors import CheckpointError, CheckpointNotFoundError
 from modules.core.fileio import atomic_write_text
 from modules.models import ldm_config as model_config
 from modules.models import safe_load as ckpt_io
@@ -30,6 +36,43 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
 SHORTHASH_LEN = 10
+# A file changed less than this before it is hashed waits this long first, so that a later write in the same
+# timestamp tick (coarse clocks tick every 1-10 ms) cannot leave the stamp, and so the cached hash, unchanged.
+SETTLE_NS = 20_000_000
+HASH_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What ``stat`` says about a file's identity and contents; any write or replacement changes it."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    dev: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> FileStamp:
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FileStamp | None:
+        """A stamp stored in the hash cache; None for an entry without all fields (an older cache: hash again)."""
+        try:
+            return cls(*(int(d[f.name]) for f in dataclasses.fields(cls)))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def differences(self, other: FileStamp) -> str:
+        """What changed, for the log ('size 100 -> 50, inode')."""
+        out = []
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if a != b:
+                out.append(f"size {a} -> {b}" if f.name == "size" else f.name.replace("_ns", ""))
+        return ", ".join(out) or "nothing"
 
 
 @dataclass(frozen=True)
@@ -41,6 +84,7 @@ class CheckpointInfo:
     model_name: str  # name without extension, "/" replaced by "_"
     sha256: str | None
     config: str | None  # the <name>.yaml beside the file, if any
+    stamp: FileStamp | None = None  # the file as it was when `sha256` was computed (or when listed, without hashing)
 
     @property
     def shorthash(self) -> str | None:
@@ -59,7 +103,7 @@ class CheckpointInfo:
 
 
 class HashCache:
-    """sha256 of files, cached in a JSON file keyed by path and invalidated by mtime and size."""
+    """sha256 of files, cached in a JSON file keyed by the resolved path and valid while the FileStamp is the same."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -68,23 +112,36 @@ class HashCache:
         if path is not None and path.is_file():
             try:
                 self._data = json.loads(path.read_text("utf-8")).get("hashes", {})
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, AttributeError) as e:
                 log.warning("ignoring unreadable hash cache %s: %s", path, e)
 
     def sha256(self, file: Path) -> str:
-        st = file.stat()
+        return self.lookup(file)[0]
+
+    def lookup(self, file: Path) -> tuple[str, FileStamp]:
+        """The file's sha256 and the stamp it belongs to: from the cache if the stamp is unchanged, else hashed.
+
+        A file that changes while it is hashed is hashed again; CheckpointError if it keeps changing."""
         key = f"checkpoint/{file.resolve()}"
-        with self._lock:
-            hit = self._data.get(key)
-            if hit and hit.get("mtime") == st.st_mtime and hit.get("size") == st.st_size:
-                return hit["sha256"]
-        t0 = time.perf_counter()
-        digest = sha256_file(file)
-        log.info("Calculated sha256 of %s: %s (%.1fs)", file.name, digest[:SHORTHASH_LEN], time.perf_counter() - t0)
-        with self._lock:
-            self._data[key] = {"mtime": st.st_mtime, "size": st.st_size, "sha256": digest}
-            self._save()
-        return digest
+        for _ in range(HASH_ATTEMPTS):
+            before = FileStamp.of(file)
+            with self._lock:
+                hit = self._data.get(key)
+            if hit and FileStamp.from_dict(hit) == before and isinstance(hit.get("sha256"), str):
+                return hit["sha256"], before
+            before = _settled(file, before)
+            t0 = time.perf_counter()
+            digest = sha256_file(file)
+            after = FileStamp.of(file)
+            if after == before:
+                log.info("Calculated sha256 of %s: %s (%.1fs)", file.name, digest[:SHORTHASH_LEN],
+                         time.perf_counter() - t0)  # fmt: skip
+                with self._lock:
+                    self._data[key] = {**dataclasses.asdict(after), "sha256": digest}
+                    self._save()
+                return digest, after
+            log.warning("%s changed while it was hashed (%s); hashing it again", file.name, before.differences(after))
+        raise CheckpointError(f"{file.name} kept changing while it was hashed; is a copy or download still running?")
 
     def _save(self) -> None:
         if self.path is None:
@@ -93,6 +150,15 @@ class HashCache:
             atomic_write_text(self.path, json.dumps({"hashes": self._data}, indent=1))
         except OSError as e:
             log.warning("could not write hash cache %s: %s", self.path, e)
+
+
+def _settled(file: Path, stamp: FileStamp) -> FileStamp:
+    """The stamp again after a short wait if the file changed just now (see SETTLE_NS)."""
+    age = time.time_ns() - stamp.ctime_ns
+    if age >= SETTLE_NS:
+        return stamp
+    time.sleep(min(SETTLE_NS, SETTLE_NS - age) / 1e9)
+    return FileStamp.of(file)
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:
@@ -105,39 +171,110 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
 
 
 class CheckpointRegistry:
-    """The checkpoints found in the model folders; ``refresh()`` rescans."""
+    """The checkpoints found in the model folders; ``refresh()`` rescans (and never raises for a bad entry)."""
 
-    def __init__(self, folders: list[Path], hash_cache: HashCache | None = None, *, hashing: bool = True):
+    def __init__(
+        self,
+        folders: list[Path],
+        hash_cache: HashCache | None = None,
+        *,
+        hashing: bool = True,
+        allow_links_out: bool = False,
+    ):
         self.folders = [Path(f) for f in folders]
         self.hash_cache = hash_cache or HashCache(None)
         self.hashing = hashing
+        self.allow_links_out = allow_links_out  # --allow-symlinks-out: list links that point out of the folders
         self._items: list[CheckpointInfo] = []
         self._lock = threading.Lock()
 
     def refresh(self) -> list[CheckpointInfo]:
+        roots = _resolved_roots(self.folders)
         found: dict[str, CheckpointInfo] = {}
         for folder in self.folders:
-            if not folder.is_dir():
-                continue
-            for root, dirs, files in os.walk(folder, followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for fname in files:
-                    path = Path(root) / fname
-                    if not _is_checkpoint(fname):
-                        continue
-                    info = self._info(folder, path)
+            for path in self._walk(folder, roots):
+                info = self._info_or_skip(folder, path)
+                if info is not None:
                     found.setdefault(info.filename, info)
         items = sorted(found.values(), key=lambda i: i.name.lower())
         with self._lock:
             self._items = items
         return list(items)
 
+    def _walk(self, folder: Path, roots: list[Path]) -> Iterator[Path]:
+        """Checkpoint files under `folder`, each folder visited once (a link back up is not a loop forever)."""
+        seen: set[tuple[int, int]] = set()
+        pending = [folder]
+        while pending:
+            current = pending.pop()
+            try:
+                st = current.stat()
+                entries = sorted(os.scandir(current), key=lambda e: e.name)
+            except OSError as e:
+                if current != folder or folder.exists():
+                    log.warning("Skipping folder %s: %s", current, e.strerror or e)
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                log.warning("Skipping %s: a link loop (that folder is already listed)", current)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            subfolders = []
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.name.startswith(".") or (entry.is_symlink() and not self._link_ok(path, roots)):
+                    continue
+                if _is_dir(path):
+                    subfolders.append(path)
+                elif _is_checkpoint(entry.name):
+                    yield path
+            pending.extend(reversed(subfolders))
+
+    def _link_ok(self, path: Path, roots: list[Path]) -> bool:
+        """A link is followed when its target exists and lies inside the model folders (or links out are allowed)."""
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError) as e:  # RuntimeError: Python 3.11's "Symlink loop"
+            loop = isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP
+            what = "a link loop" if loop else "a dangling link (its target does not exist)"
+            log.warning("Skipping %s: %s -> %s", path, what, _readlink(path))
+            return False
+        if self.allow_links_out or any(target == r or r in target.parents for r in roots):
+            return True
+        log.warning("Skipping %s: a link to %s, outside the model folders (start with --allow-symlinks-out to list it)",
+                    path, target)  # fmt: skip
+        return False
+
+    def _info_or_skip(self, folder: Path, path: Path) -> CheckpointInfo | None:
+        try:
+            return self._info(folder, path)
+        except (OSError, CheckpointError) as e:  # gone, unreadable, or still being written: skipped, listed later
+            log.warning("Skipping %s: %s", path, getattr(e, "strerror", None) or e)
+            return None
+
     def _info(self, folder: Path, path: Path) -> CheckpointInfo:
         name = path.relative_to(folder).as_posix()
         model_name = os.path.splitext(name.replace("/", "_"))[0]
-        sha = self.hash_cache.sha256(path) if self.hashing else None
+        sha, stamp = self._hash(path)
         cfg = model_config.sibling_config(path)
-        return CheckpointInfo(str(path.resolve()), name, model_name, sha, str(cfg) if cfg else None)
+        return CheckpointInfo(str(path.resolve()), name, model_name, sha, str(cfg) if cfg else None, stamp)
+
+    def _hash(self, path: Path) -> tuple[str | None, FileStamp]:
+        if self.hashing:
+            return self.hash_cache.lookup(path)
+        return None, FileStamp.of(path)
+
+    def rehash(self, info: CheckpointInfo) -> CheckpointInfo:
+        """`info` for its file as it is now (new stamp, new sha256), replacing it in the list."""
+        try:
+            sha, stamp = self._hash(Path(info.filename))
+        except OSError as e:
+            raise CheckpointError(f"{info.name}: {e.strerror or e} ({info.filename})") from e
+        fresh = dataclasses.replace(info, sha256=sha, stamp=stamp)
+        if fresh.sha256 != info.sha256:
+            log.warning("%s changed on disk: sha256 %s -> %s", info.name, info.shorthash, fresh.shorthash)
+        with self._lock:
+            self._items = [fresh if i.filename == info.filename else i for i in self._items]
+        return fresh
 
     def list(self) -> list[CheckpointInfo]:
         with self._lock:
@@ -158,6 +295,30 @@ class CheckpointRegistry:
             return matches[0]
         known = ", ".join(i.title for i in items[:10]) or "none (put checkpoints in models/Stable-diffusion/)"
         raise CheckpointNotFoundError(f"checkpoint {alias!r} not found; available: {known}")
+
+
+def _resolved_roots(folders: list[Path]) -> list[Path]:
+    roots = []
+    for folder in folders:
+        try:
+            roots.append(folder.resolve(strict=True))
+        except (OSError, RuntimeError):
+            continue
+    return roots
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def _is_checkpoint(fname: str) -> bool:

@@ -131,6 +131,7 @@ def load_config(path: str | Path) -> ModelConfig:
     _get(unet, "context_dim", int, path)
     for key, kind in (("ch", int), ("ch_mult", list), ("num_res_blocks", int), ("z_channels", int)):
         _get(ddconfig, key, kind, path)
+    check_numbers(raw, path)
 
     cond_target = _get(raw, f"{p}.cond_stage_config.target", str, path)
     text_encoder = _TEXT_ENCODERS.get(cond_target)
@@ -174,6 +175,79 @@ def load_config(path: str | Path) -> ModelConfig:
         ddconfig=ddconfig,
         raw=raw,
     )
+
+
+GROUP_NORM_GROUPS = 32  # every GroupNorm of the LDM UNet and VAE (and of diffusers' ones) has 32 groups
+_UNET = "model.params.unet_config.params"
+_DD = "model.params.first_stage_config.params.ddconfig"
+
+
+def check_numbers(raw: dict, path: Path) -> None:
+    """Refuse numbers no model can be built from, naming the key (instead of the library's error on building)."""
+    unet = _get(raw, _UNET, dict, path)
+    dd = _get(raw, _DD, dict, path)
+    for key in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "context_dim"):
+        _positive(_get(raw, f"{_UNET}.{key}", int, path), f"{_UNET}.{key}", path)
+    _positive(_get(raw, f"{_UNET}.transformer_depth", int, path), f"{_UNET}.transformer_depth", path)
+    mults = _positive_list(unet["channel_mult"], f"{_UNET}.channel_mult", path)
+    for r in unet["attention_resolutions"]:
+        _positive(r, f"{_UNET}.attention_resolutions", path)
+    channels = [unet["model_channels"] * m for m in mults]
+    _divides(GROUP_NORM_GROUPS, channels, f"{_UNET}.model_channels", "the 32 GroupNorm groups", path)
+    heads, head_channels = unet.get("num_heads", -1), unet.get("num_head_channels", -1)
+    if head_channels != -1:
+        _positive(head_channels, f"{_UNET}.num_head_channels", path)
+        _divides(head_channels, [unet["model_channels"], *channels], f"{_UNET}.num_head_channels",
+                 "channels per attention head", path, divisor_named=True)  # fmt: skip
+    elif heads != -1:
+        _positive(heads, f"{_UNET}.num_heads", path)
+        _divides(heads, channels, f"{_UNET}.num_heads", "attention heads", path, divisor_named=True)
+    else:
+        raise ConfigError(f"{path.name}: `{_UNET}` needs `num_heads` or `num_head_channels`")
+    for key in ("ch", "num_res_blocks", "z_channels", "in_channels", "out_ch"):
+        _positive(_get(raw, f"{_DD}.{key}", int, path), f"{_DD}.{key}", path)
+    dd_channels = [dd["ch"] * m for m in _positive_list(dd["ch_mult"], f"{_DD}.ch_mult", path)]
+    _divides(GROUP_NORM_GROUPS, dd_channels, f"{_DD}.ch", "the 32 GroupNorm groups", path)
+    _positive(_get(raw, "model.params.first_stage_config.params.embed_dim", int, path),
+              "model.params.first_stage_config.params.embed_dim", path)  # fmt: skip
+    _check_schedule(raw, path)
+
+
+def _check_schedule(raw: dict, path: Path) -> None:
+    p = "model.params"
+    start = _get(raw, f"{p}.linear_start", (int, float), path, 0.00085)
+    end = _get(raw, f"{p}.linear_end", (int, float), path, 0.0120)
+    if not 0 < start < end < 1:
+        raise ConfigError(f"{path.name}: `{p}.linear_start` ({start}) and `{p}.linear_end` ({end}) must satisfy "
+                          "0 < linear_start < linear_end < 1")  # fmt: skip
+    _positive(_get(raw, f"{p}.timesteps", int, path, 1000), f"{p}.timesteps", path, most=100_000)
+    _positive(_get(raw, f"{p}.image_size", int, path, 64), f"{p}.image_size", path, most=4096)
+    scale = _get(raw, f"{p}.scale_factor", (int, float), path, 0.18215)
+    if not 0 < scale < 1e6:
+        raise ConfigError(f"{path.name}: `{p}.scale_factor` must be a positive number, found {scale!r}")
+
+
+def _positive(value: Any, key: str, path: Path, most: int = 1 << 20) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most:
+        raise ConfigError(f"{path.name}: `{key}` must be a whole number from 1 to {most}, found {value!r}")
+    return value
+
+
+def _positive_list(values: list, key: str, path: Path) -> list[int]:
+    if not values:
+        raise ConfigError(f"{path.name}: `{key}` is empty")
+    return [_positive(v, key, path) for v in values]
+
+
+def _divides(n: int, channels: list[int], key: str, what: str, path: Path, *, divisor_named: bool = False) -> None:
+    bad = next((c for c in channels if c % n), None)
+    if bad is None:
+        return
+    if divisor_named:
+        raise ConfigError(f"{path.name}: `{key}` = {n} does not divide {bad} channels (the {what} must split every "
+                          f"block's channels {channels} evenly)")  # fmt: skip
+    raise ConfigError(f"{path.name}: `{key}` gives blocks of {channels} channels; {bad} is not divisible by {what} "
+                      f"(use a multiple of {n})")  # fmt: skip
 
 
 def _channel_meaning(n: int) -> str:

@@ -3,6 +3,15 @@
 Load / switch / unload / reload go through here, under a lock.  Up to ``keep_in_memory``
 checkpoints stay loaded (A1111's ``sd_checkpoints_limit``), most recently used first, so switching
 back is instant.  Only the composition root creates a ModelManager.
+
+Files changing under the program: each loaded model remembers its file's ``FileStamp`` as it was
+read, and ``get`` / ``load`` (before every job and every switch) compare it with the file's stamp now,
+one ``stat``.  A changed file is hashed again and loaded again; if it is no longer a valid checkpoint
+(truncated, half copied) the job is refused with a CheckpointError saying so, and the next job tries
+the file again.  The old weights are never used for a changed file.  The weights themselves are read
+into memory of their own (``safe_load``), so a file truncated even in the middle of a job cannot
+crash the process.  A deleted file keeps serving the weights that were read (they are what its hash
+names), with a warning.
 """
 
 from __future__ import annotations
@@ -13,13 +22,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from modules.core.errors import NoModelLoadedError
+from modules.core.errors import CheckpointError, NoModelLoadedError, UserError
 from modules.models import checkpoints, offload
-from modules.models.checkpoints import CheckpointInfo, CheckpointRegistry
+from modules.models.checkpoints import CheckpointInfo, CheckpointRegistry, FileStamp
 from modules.models.precision import PrecisionPlan
 from modules.models.sd_model import StableDiffusionModel
 
@@ -31,11 +39,12 @@ class LoadedModel:
     info: CheckpointInfo
     model: StableDiffusionModel
     load_seconds: float
+    stamp: FileStamp | None = None  # the file as it was read
 
     @property
     def key(self) -> str:
         """Identity of these weights, for caches (depth maps, prompt conditioning)."""
-        return self.info.sha256 or f"{self.info.filename}:{Path(self.info.filename).stat().st_mtime_ns}"
+        return self.info.sha256 or f"{self.info.filename}:{self.stamp}"
 
 
 class ModelManager:
@@ -69,6 +78,8 @@ class ModelManager:
         self._lock = threading.RLock()
         self.last_error: str | None = None
         self.on_loaded = on_loaded  # e.g. apply the speed options of the current settings
+        self._changed: CheckpointInfo | None = None  # the current model's file changed and did not load again
+        self._warned_missing: set[str] = set()
 
     @property
     def current(self) -> LoadedModel | None:
@@ -90,44 +101,95 @@ class ModelManager:
         return {**plan.as_dict(), "label": self.precision_label}
 
     def load(self, alias: str | CheckpointInfo) -> LoadedModel:
-        """Make `alias` the current model, loading it unless it is already in memory."""
+        """Make `alias` the current model, loading it unless it is already in memory (and its file unchanged)."""
         info = alias if isinstance(alias, CheckpointInfo) else self.registry.get(alias)
         with self._lock:
             cached = self._loaded.get(info.filename)
             if cached is not None:
-                self._loaded.move_to_end(info.filename)
-                self._make_current(cached)
-                return cached
-            t0 = time.perf_counter()
-            offloaded = self.offload_mode != "none"
-            previous = self._current
+                verified = self._verified(cached)
+                if verified is cached:
+                    self._loaded.move_to_end(info.filename)
+                    self._make_current(cached)
+                    self._changed = None
+                return verified
+            return self._load_file(info)
+
+    def _load_file(self, info: CheckpointInfo) -> LoadedModel:
+        t0 = time.perf_counter()
+        offloaded = self.offload_mode != "none"
+        previous = self._current
+        if previous is not None:
+            self._park(previous.model)  # room on the GPU before the new weights arrive
+        try:
+            info = self._up_to_date(info)
+            model = checkpoints.load_model(
+                info.filename,
+                info.config,
+                device="cpu" if offloaded else self.device,
+                dtype=self.dtype,
+                allow_unsafe=self.allow_unsafe,
+                precision=self.precision,
+            )
+            _check_unchanged(info)
+        except Exception as e:
+            self.last_error = f"{info.title}: {e}"
             if previous is not None:
-                self._park(previous.model)  # room on the GPU before the new weights arrive
-            try:
-                model = checkpoints.load_model(
-                    info.filename,
-                    info.config,
-                    device="cpu" if offloaded else self.device,
-                    dtype=self.dtype,
-                    allow_unsafe=self.allow_unsafe,
-                    precision=self.precision,
-                )
-            except Exception as e:
-                self.last_error = f"{info.title}: {e}"
-                if previous is not None:
-                    self._place(previous)  # it stays the current model, where it computes
-                raise
-            if offloaded:
-                offload.enable(model, self.offload_mode, self.device)
-            if self.on_loaded is not None:
-                self.on_loaded(model)
-            loaded = LoadedModel(info, model, time.perf_counter() - t0)
-            self._loaded[info.filename] = loaded
-            self._make_current(loaded)
-            self.last_error = None
-            self._evict()
-            log.info("Loaded %s in %.1fs", info.title, loaded.load_seconds)
+                self._place(previous)  # it stays the current model, where it computes
+            raise
+        if offloaded:
+            offload.enable(model, self.offload_mode, self.device)
+        if self.on_loaded is not None:
+            self.on_loaded(model)
+        loaded = LoadedModel(info, model, time.perf_counter() - t0, info.stamp)
+        self._loaded[info.filename] = loaded
+        self._make_current(loaded)
+        self.last_error = None
+        self._changed = None
+        self._warned_missing.discard(info.filename)
+        self._evict()
+        log.info("Loaded %s in %.1fs", info.title, loaded.load_seconds)
+        return loaded
+
+    def _up_to_date(self, info: CheckpointInfo) -> CheckpointInfo:
+        """`info` hashed again if its file changed since it was listed, so the hash names the bytes loaded."""
+        try:
+            now = FileStamp.of(info.filename)
+        except OSError as e:
+            raise CheckpointError(f"{info.name}: {e.strerror or e}; press refresh to update the list") from e
+        return info if now == info.stamp and info.stamp is not None else self.registry.rehash(info)
+
+    def _verified(self, loaded: LoadedModel) -> LoadedModel:
+        """`loaded` while its file is as it was read; else the file loaded again, or a CheckpointError."""
+        try:
+            now = FileStamp.of(loaded.info.filename)
+        except FileNotFoundError:
+            if loaded.info.filename not in self._warned_missing:
+                self._warned_missing.add(loaded.info.filename)
+                log.warning("%s was deleted or moved; the weights read from it stay in use", loaded.info.title)
             return loaded
+        except OSError:
+            now = None
+        if now == loaded.stamp:
+            return loaded
+        what = loaded.stamp.differences(now) if loaded.stamp and now else "it cannot be read"
+        log.warning("%s changed on disk since it was loaded (%s); loading it again", loaded.info.title, what)
+        self._loaded.pop(loaded.info.filename, None)
+        if self._current is loaded:
+            self._current = None
+            self._changed = loaded.info
+        return self._load_changed(loaded.info)
+
+    def _load_changed(self, info: CheckpointInfo) -> LoadedModel:
+        """A checkpoint whose file changed after it was loaded, loaded again; refused while it is not valid."""
+        try:
+            return self._load_file(self.registry.rehash(info))
+        except UserError as e:
+            self._changed = info
+            self.last_error = (
+                f"{info.name} changed on disk since it was loaded and cannot be loaded again: {e}. The old weights "
+                "are not used: wait until the file is complete, or pick another checkpoint"
+            )
+            raise CheckpointError(self.last_error) from e
 
     def _make_current(self, loaded: LoadedModel) -> None:
         previous = self._current
@@ -178,9 +240,11 @@ class ModelManager:
                 info = self.registry.get(alias)
                 if self._current is None or self._current.info.filename != info.filename:
                     return self.load(info)
-                return self._current
+                return self._verified(self._current)
             if self._current is not None:
-                return self._current
+                return self._verified(self._current)
+            if self._changed is not None:
+                return self._load_changed(self._changed)
             items = self.registry.list() or self.registry.refresh()
             if not items:
                 raise NoModelLoadedError(
@@ -193,6 +257,7 @@ class ModelManager:
         with self._lock:
             self._loaded.clear()
             self._current = None
+            self._changed = None
         log.info("Unloaded all checkpoints")
 
     def reload(self) -> LoadedModel:
@@ -212,6 +277,19 @@ class ModelManager:
     def loaded_titles(self) -> list[str]:
         with self._lock:
             return [m.info.title for m in self._loaded.values()]
+
+
+def _check_unchanged(info: CheckpointInfo) -> None:
+    """The file still as it was before it was read (else what was read may be half old, half new)."""
+    try:
+        now = FileStamp.of(info.filename)
+    except OSError as e:
+        raise CheckpointError(f"{info.name} disappeared while it was being read: {e.strerror or e}") from e
+    if now != info.stamp:
+        raise CheckpointError(
+            f"{info.name} changed while it was being read ({info.stamp.differences(now) if info.stamp else 'new'});"
+            " try again once the copy or download has finished"
+        )
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

@@ -1,11 +1,19 @@
 """Reading checkpoint files into a flat state dict, safely and without copies.
 
-* ``.safetensors``: safetensors (memory-mapped; the header is validated first).
+* ``.safetensors``: the header is validated first, then each tensor is read (``readinto``) into
+  memory of its own.
 * ``.ckpt`` / ``.pt`` / ``.pth``: ``torch.load(weights_only=True)``, torch's allow-list unpickler:
   only tensors, storages and plain containers can be built, so no pickled code ever runs.  Zip
-  archives are checked member by member first and memory-mapped (``mmap=True``), so a 5.7 GB
-  checkpoint loads in well under a second and pages in on first use.  The explicit opt-out
-  (``allow_unsafe``, the ``--disable-safe-unpickle`` flag) runs the full unpickler.
+  archives are checked member by member first.  The explicit opt-out (``allow_unsafe``, the
+  ``--disable-safe-unpickle`` flag) runs the full unpickler.
+
+Weights are read into anonymous memory, not memory-mapped (``mmap=False``, the default): a mapped
+file that is truncated or rewritten under the running program (a copy or a re-download over it)
+kills the process with SIGBUS at the next touch of a lost page, or silently changes the weights.
+Read, the file can change or vanish and the loaded weights stay exactly what was read; a file that
+shrinks while it is read is a CheckpointError, never a crash.  Same bytes in RAM as a mapped file
+once every page is touched (the first generation touches them all), read at load instead of on first
+use (README, Reliability).  ``mmap=True`` maps instead (for measurements).
 
 Lightning-style wrappers (``{"state_dict": {...}, "global_step": ...}``) are unwrapped.
 """
@@ -67,32 +75,92 @@ def _extra_safe_globals() -> list:
     return extra
 
 
-def read_state_dict(path: str | Path, *, allow_unsafe: bool = False) -> StateDict:
-    """Flat ``{key: tensor}`` of a checkpoint file; raises CheckpointError with a reason."""
+def read_state_dict(path: str | Path, *, allow_unsafe: bool = False, mmap: bool = False) -> StateDict:
+    """Flat ``{key: tensor}`` of a checkpoint file; raises CheckpointError with a reason.
+
+    The tensors own their memory unless `mmap` (then they are views of the mapped file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path.name} is empty (0 bytes); the download or copy did not finish")
     if path.suffix.lower() == SAFETENSORS_SUFFIX:
-        raw = _read_safetensors(path)
+        raw = _read_safetensors(path, mmap=mmap)
     else:
-        raw = _read_pickle(path, allow_unsafe=allow_unsafe)
+        raw = _read_pickle(path, allow_unsafe=allow_unsafe, mmap=mmap)
     return _flatten(raw, path.name)
 
 
-def _read_safetensors(path: Path) -> dict:
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+
+
+def _read_safetensors(path: Path, *, mmap: bool) -> dict:
+    header, data_start = _check_safetensors_header(path)
+    if not mmap:
+        return _read_safetensors_into_memory(path, header, data_start)
     from safetensors.torch import load_file
 
-    _check_safetensors_header(path)
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own SafetensorError types
         raise CheckpointError(f"{path.name} is not a valid .safetensors file: {e}") from e
 
 
-def _check_safetensors_header(path: Path) -> None:
-    """Validate the JSON header and that every tensor lies inside the file."""
+def _read_safetensors_into_memory(path: Path, header: dict, data_start: int) -> StateDict:
+    """Each tensor read with ``readinto`` into a tensor of its own, in file order (no mapping, no copy)."""
+    entries = sorted(((k, m) for k, m in header.items() if k != "__metadata__"), key=lambda e: e[1]["data_offsets"][0])
+    out: StateDict = {}
+    with path.open("rb", buffering=0) as f:
+        for key, meta in entries:
+            tensor = _empty_tensor(path, key, meta)
+            start, end = meta["data_offsets"]
+            f.seek(data_start + start)
+            _read_exactly(f, tensor, end - start, path, key)
+            out[key] = tensor
+    return out
+
+
+def _empty_tensor(path: Path, key: str, meta: dict) -> torch.Tensor:
+    dtype = _ST_DTYPES.get(meta.get("dtype"))
+    shape = meta.get("shape")
+    if dtype is None:
+        raise CheckpointError(f"{path.name} is not a valid .safetensors file: tensor {key!r} has unknown dtype "
+                              f"{meta.get('dtype')!r}")  # fmt: skip
+    if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise CheckpointError(f"{path.name} is not a valid .safetensors file: tensor {key!r} has shape {shape!r}")
+    numel = 1
+    for n in shape:
+        numel *= n
+    start, end = meta["data_offsets"]
+    if numel * dtype.itemsize != end - start:
+        raise CheckpointError(
+            f"{path.name} is not a valid .safetensors file: tensor {key!r} of shape {shape} {meta['dtype']} needs "
+            f"{numel * dtype.itemsize} bytes, the header gives it {end - start}"
+        )
+    return torch.empty(shape, dtype=dtype)
+
+
+def _read_exactly(f, tensor: torch.Tensor, nbytes: int, path: Path, key: str) -> None:
+    if nbytes == 0:
+        return
+    view = memoryview(tensor.view(-1).view(torch.uint8).numpy())
+    done = 0
+    while done < nbytes:
+        got = f.readinto(view[done:])
+        if not got:
+            raise CheckpointError(
+                f"{path.name} ended inside tensor {key!r} ({done} of {nbytes} bytes read): the file is truncated or "
+                "is being rewritten (a copy or download still running?)"
+            )
+        done += got
+
+
+def _check_safetensors_header(path: Path) -> tuple[dict, int]:
+    """Validate the JSON header and that every tensor lies inside the file; the header and where data starts."""
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
@@ -117,9 +185,10 @@ def _check_safetensors_header(path: Path) -> None:
                 f"{path.name}: tensor {key!r} points outside the file (offsets {offsets}, data is {data_size} bytes);"
                 " the file is truncated or corrupt"
             )
+    return header, 8 + n
 
 
-def _read_pickle(path: Path, *, allow_unsafe: bool) -> object:
+def _read_pickle(path: Path, *, allow_unsafe: bool, mmap: bool = False) -> object:
     is_zip = zipfile.is_zipfile(path)
     if is_zip:
         _check_zip_members(path)
@@ -133,7 +202,7 @@ def _read_pickle(path: Path, *, allow_unsafe: bool) -> object:
         log.warning("Loading %s with the full unpickler (--disable-safe-unpickle): it can run code.", path.name)
     try:
         with torch.serialization.safe_globals(_extra_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=not allow_unsafe, mmap=is_zip)
+            return torch.load(path, map_location="cpu", weights_only=not allow_unsafe, mmap=is_zip and mmap)
     except pickle.UnpicklingError as e:
         found = _GLOBAL_IN_MESSAGE.findall(str(e))
         what = f"the forbidden global {found[0]!r}" if found else "pickled objects that are not plain tensor data"

@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any
 
+from modules.core import samplers
 from modules.core.request import INPAINT_AREA_LABELS, MASK_MODE_LABELS, MASKED_CONTENT_LABELS, GenerationRequest
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -60,7 +61,7 @@ def build(
     params: dict[str, Any] = {
         "Steps": req.steps,
         "Sampler": sampler,
-        "Schedule type": schedule if req.scheduler != "Automatic" else None,
+        "Schedule type": schedule if schedule != "Automatic" else None,  # the label used (A1111's get_sigmas)
         "CFG scale": _num(req.cfg_scale),
         "Seed": seed,
         "Size": f"{req.width}x{req.height}",
@@ -130,6 +131,18 @@ _FIELDS: dict[str, tuple[str, type]] = {
 }
 
 
+def _sampler_and_schedule(sampler: str | None, schedule: str | None) -> dict[str, str]:
+    """A1111's paste: an old "DPM++ 2M Karras" becomes Sampler + Schedule type; schedule names become labels."""
+    out: dict[str, str] = {}
+    if sampler and (found := samplers.split_sampler_name(sampler)) is not None:
+        out["sampler_name"] = found[0].name
+        if found[1] and schedule is None:
+            out["scheduler"] = found[1]
+    if schedule and (label := samplers.find_schedule(schedule)) is not None:
+        out["scheduler"] = label.label
+    return out
+
+
 def to_request_fields(parsed: dict[str, str]) -> dict[str, Any]:
     """Parsed infotext -> GenerationRequest field values (and override_settings), best effort."""
     out: dict[str, Any] = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
@@ -141,6 +154,7 @@ def to_request_fields(parsed: dict[str, str]) -> dict[str, Any]:
                 continue
     if m := _SIZE.match(parsed.get("Size", "")):
         out["width"], out["height"] = int(m.group(1)), int(m.group(2))
+    out.update(_sampler_and_schedule(out.get("sampler_name"), out.get("scheduler")))
     if m := _SIZE.match(parsed.get("Seed resize from", "")):
         out["seed_resize_from_w"], out["seed_resize_from_h"] = int(m.group(1)), int(m.group(2))
     if "Mask blur" in parsed and parsed["Mask blur"].isdigit():

@@ -54,8 +54,8 @@ def process(request: GenerationRequest, ctx: ProcessingContext) -> GenerationRes
         return _run_script(request, ctx, settings)
     request = ctx.hooks.before_process(request) or request
     request.validate(max_pixels=settings.max_output_pixels, max_images=settings.max_batch_images)
-    spec = samplers.find_sampler(request.sampler_name, settings.default_sampler)
-    schedule = samplers.resolve_schedule(spec, request.scheduler)
+    choice = samplers.resolve(request.sampler_name, request.scheduler, settings.default_sampler)
+    spec, schedule = choice.spec, choice.schedule
     # 2. the checkpoint (a per-request override is switched back afterwards unless told otherwise)
     return _with_checkpoint(
         request, ctx, lambda loaded: _run(start_job(request, ctx, settings, spec, schedule, loaded), t_start)
@@ -102,6 +102,7 @@ def start_job(request: GenerationRequest, ctx: ProcessingContext, settings: Sett
         height=request.height,
         job_timestamp=ctx.control.state.job_timestamp,
     )
+    result.warnings.extend(samplers.resolve(request.sampler_name, request.scheduler, settings.default_sampler).warnings)
     inputs = prepare_inputs(request, settings, depth_model=model.is_depth)
     job = Job(ctx, loaded, request, settings, spec, schedule, inputs, result)
     job.text = job.timed("text", prompt_conditioning, job)

@@ -75,8 +75,19 @@ def test_every_sampler_runs_and_is_deterministic(env, name):
 def test_schedule_types(env, schedule):
     r = process(req(sampler_name="DPM++ 2M", scheduler=schedule), make_ctx(env))
     assert f"Schedule type: {schedule}" in r.infotexts[0]
-    with pytest.raises(ValidationError, match="scheduler"):
-        process(req(sampler_name="Euler a", scheduler=schedule), make_ctx(env))
+    other = process(req(sampler_name="Euler a", scheduler=schedule), make_ctx(env))  # any sampler, any schedule
+    assert f"Schedule type: {schedule}" in other.infotexts[0] and not other.warnings
+    plain = process(req(sampler_name="Euler a"), make_ctx(env))
+    assert not np.array_equal(other.images[0], plain.images[0])
+
+
+def test_unknown_schedule_falls_back_to_automatic_with_a_warning(env):
+    ctx = make_ctx(env)
+    r = process(req(sampler_name="DPM++ 2M", scheduler="cosine"), ctx)
+    auto = process(req(sampler_name="DPM++ 2M", scheduler="Automatic"), ctx)
+    assert np.array_equal(r.images[0], auto.images[0])
+    assert any("unknown schedule type 'cosine'" in w and "Automatic" in w for w in r.warnings)
+    assert "Schedule type: Karras" in r.infotexts[0]  # DPM++ 2M's Automatic is Karras, as A1111 writes it
 
 
 def test_seeds(env):
@@ -132,8 +143,11 @@ def test_img2img_step_count_follows_strength(env):
         def on_step(self, info):
             steps.append(info.total)
 
-    process(req(steps=20, denoising_strength=0.75), make_ctx(env, hooks=Count()))
+    process(req(steps=20, denoising_strength=0.75, sampler_name="DDIM"), make_ctx(env, hooks=Count()))
     assert steps[0] == 15 and len(steps) == 15
+    steps.clear()  # k samplers run t_enc + 1 = int(0.75 * 20) + 1 steps from sigmas[20 - 15 - 1], as A1111
+    process(req(steps=20, denoising_strength=0.75), make_ctx(env, hooks=Count()))
+    assert steps[0] == 16 and len(steps) == 16
     steps.clear()
     process(req(steps=20, denoising_strength=0.5), make_ctx(env, hooks=Count(), img2img_fix_steps=True))
     assert len(steps) == 20
@@ -328,7 +342,7 @@ def test_infotext_roundtrip(env):
     "change, field",
     [({"width": 100}, "width"), ({"steps": 0}, "steps"), ({"steps": 10_000}, "steps"),
      ({"denoising_strength": 1.5}, "denoising_strength"), ({"cfg_scale": float("nan")}, "cfg_scale"),
-     ({"cfg_scale": -1}, "cfg_scale"), ({"sampler_name": "Nope"}, "sampler_name"), ({"scheduler": "Nope"}, "scheduler"),
+     ({"cfg_scale": -1}, "cfg_scale"), ({"sampler_name": "Nope"}, "sampler_name"),
      ({"init_images": [b"not an image"]}, "init_images[0]"), ({"width": 4096, "height": 4096}, "width"),
      ({"batch_size": 0}, "batch_size"), ({"resize_mode": 9}, "resize_mode")],
 )  # fmt: skip

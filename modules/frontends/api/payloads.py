@@ -143,25 +143,19 @@ def canonical_schedule(name: str) -> str:
 
 
 def resolve_sampler(name: str | None, scheduler: str | None) -> tuple[samplers.SamplerSpec, str]:
-    """A1111's ``get_sampler_and_scheduler``: a name, alias or old "<sampler> Karras" name -> (spec, schedule)."""
-    wanted = (name or "").strip()
-    schedule = canonical_schedule(scheduler or "Automatic")
-    try:
-        spec = samplers.find_sampler(wanted)
-    except ValidationError:
-        spec = None
-        for label in samplers.SCHEDULE_TYPES[1:]:
-            if wanted.lower().endswith(" " + label.lower()):
-                try:
-                    spec = samplers.find_sampler(wanted[: -len(label) - 1])
-                except ValidationError:
-                    continue
-                if schedule.lower() == "automatic":
-                    schedule = label
-                break
-        if spec is None:
-            raise ApiError(400, f"Sampler not found: {name!r}; known: {', '.join(samplers.sampler_names())}") from None
-    samplers.resolve_schedule(spec, schedule)  # a ValidationError naming `scheduler` when it does not fit
+    """A1111's ``get_sampler_and_scheduler``: a name, alias or old "<sampler> Karras" name -> (spec, schedule).
+
+    A schedule type A1111 would not know is passed on as sent: the job falls back to Automatic and says
+    so in ``info.warnings`` (A1111 1.9+ accepts it too); an unknown sampler is a 400.
+    """
+    found = samplers.split_sampler_name((name or "").strip() or "Euler a")
+    if found is None:
+        raise ApiError(400, f"Sampler not found: {name!r}; known: {', '.join(samplers.sampler_names())}")
+    spec, from_name = found
+    known = samplers.find_schedule(scheduler)
+    schedule = known.label if known is not None else str(scheduler)
+    if from_name is not None and schedule == "Automatic":
+        schedule = from_name
     return spec, schedule
 
 

@@ -21,6 +21,7 @@ from modules.core.settings import Settings
 from modules.models import devices
 from modules.models.checkpoints import CheckpointRegistry, HashCache
 from modules.models.manager import ModelManager
+from modules.models.upscaling import UpscalerRegistry
 
 log = logging.getLogger("webui")
 
@@ -62,6 +63,9 @@ def create_service(options: Options) -> Service:
         offload_mode=offload_mode,
     )
     extensions = ExtensionRegistry.load([BUILTIN_DIR, data_dir / "extensions"], settings.disabled_extensions)
+    upscalers = UpscalerRegistry(data_dir, options.upscaler_dir or (), device=device,
+                                 allow_unsafe=options.disable_safe_unpickle)  # fmt: skip
+    log.info("Found %d upscaler(s)", len(upscalers.refresh()))
     return Service(
         settings=settings,
         settings_path=settings_path,
@@ -69,6 +73,7 @@ def create_service(options: Options) -> Service:
         models=models,
         data_dir=data_dir,
         extensions=extensions,
+        upscalers=upscalers,
     )
 
 

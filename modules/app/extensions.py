@@ -68,6 +68,7 @@ class Script:
     ui: Callable[[str], dict[str, Any]] | None = None  # ui(tab) -> {arg name: gradio component}
     tabs: tuple[str, ...] = ("img2img", "inpaint", "txt2img")
     extension: str = ""
+    positional: tuple[str, ...] = ()  # names for A1111's positional script_args (the API maps a list to them)
 
 
 @dataclass

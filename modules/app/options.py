@@ -22,6 +22,8 @@ def add_setup_flags(parser: argparse.ArgumentParser) -> None:
     """Folders, checkpoint loading, device, precision and memory flags (the web UI's and the batch command's)."""
     models = parser.add_argument_group("models")
     models.add_argument("--ckpt-dir", type=Path, default=None, help="extra folder scanned for checkpoints")
+    models.add_argument("--upscaler-dir", type=Path, action="append", default=None,
+                        help="extra folder scanned for upscaler models (ESRGAN, SwinIR, DAT...); may be repeated")  # fmt: skip
     models.add_argument("--ckpt", default=None, help="checkpoint to load first (name, title, hash or file path)")
     models.add_argument("--no-hashing", action="store_true", help="do not sha256 checkpoints (titles show no hash)")
     models.add_argument(
@@ -113,6 +115,7 @@ class Options:
     gradio_auth: str | None = None
     max_body_mb: float = 64.0
     ckpt_dir: Path | None = None
+    upscaler_dir: list[Path] | None = None
     ckpt: str | None = None
     no_hashing: bool = False
     allow_symlinks_out: bool = False

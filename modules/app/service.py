@@ -22,14 +22,17 @@ import torch
 from modules.app.checks import check_request
 from modules.app.extensions import ExtensionRegistry, Script
 from modules.app.worker import Worker
-from modules.core import images, infotext
+from modules.core import images, infotext, samplers
 from modules.core import settings as settings_module
+from modules.core.errors import ValidationError
 from modules.core.hooks import Hooks
 from modules.core.request import GenerationRequest, GenerationResult
 from modules.core.settings import Settings
 from modules.generation.conditioning import ConditioningCache
+from modules.generation.extras import ExtrasParams, ExtrasResult, Upscaling
+from modules.generation.extras import run as run_extras
 from modules.generation.processing import DepthCache, ProcessingContext, estimate_depth, process
-from modules.models import optimizations
+from modules.models import optimizations, upscaling
 from modules.models.checkpoints import CheckpointInfo, CheckpointRegistry
 from modules.models.manager import LoadedModel, ModelManager
 
@@ -47,6 +50,7 @@ class Service:
         data_dir: Path,
         extensions: ExtensionRegistry | None = None,
         worker: Worker | None = None,
+        upscalers: upscaling.UpscalerRegistry | None = None,
     ):
         self._settings = settings
         self.settings_path = settings_path
@@ -58,6 +62,8 @@ class Service:
         self.conditioning = ConditioningCache()
         self.depth_cache = DepthCache(settings.depth_cache_size)
         self.worker = worker or Worker(lambda: self._settings.show_progress_every_n_steps)
+        self.upscaler_registry = upscalers or upscaling.UpscalerRegistry(self.data_dir,
+                                                                         device=getattr(models, "device", "cpu"))
         self._settings_lock = threading.Lock()
         self.load_error: str | None = None  # why the start-up checkpoint could not be loaded (shown by the UI)
         models.on_loaded = lambda model: optimizations.apply(model, self._settings)
@@ -174,11 +180,27 @@ class Service:
             depth_cache=self.depth_cache,
             control=control,
             hooks=self.hooks,
+            upscalers=self.upscaler_registry,
         )
 
     def check(self, request: GenerationRequest, *, template: bool = False) -> GenerationRequest:
         """Refuse a request before it is queued (sizes, ranges, sampler, schedule, checkpoint override)."""
-        return check_request(request, self._settings, self.registry, template=template)
+        request = check_request(request, self._settings, self.registry, template=template)
+        if request.enable_hr and not request.is_img2img:
+            self._check_hires(request)
+        return request
+
+    def _check_hires(self, request: GenerationRequest) -> None:
+        """Hires. fix's upscaler and sampler names, refused before queueing."""
+        name = request.hr_upscaler or upscaling.DEFAULT_LATENT_MODE
+        if name not in self.upscaler_registry.hires_names():
+            raise ValidationError("hr_upscaler", f"unknown upscaler {name!r}; choose one of "
+                                  f"{', '.join(self.upscaler_registry.hires_names())}")  # fmt: skip
+        if request.hr_sampler_name not in (None, "", "Use same sampler"):
+            try:
+                samplers.find_sampler(request.hr_sampler_name, self._settings.default_sampler)
+            except ValidationError as e:
+                raise ValidationError("hr_sampler_name", e.message) from e
 
     def submit(self, request: GenerationRequest) -> Future:
         """Queue a request on the worker; the Future gives its GenerationResult (or raises its error)."""
@@ -225,6 +247,41 @@ class Service:
             "textinfo": state.textinfo,
             "queued": self.worker.pending,
         }
+
+    # --- upscalers and extras -------------------------------------------------------------------
+    def upscalers(self) -> list[dict[str, Any]]:
+        """The body of ``GET /sdapi/v1/upscalers`` from the service's registry (``--upscaler-dir`` included)."""
+        return self.upscaler_registry.listing()
+
+    @staticmethod
+    def latent_upscale_modes() -> list[dict[str, str]]:
+        """The body of ``GET /sdapi/v1/latent-upscale-modes``."""
+        return upscaling.latent_modes()
+
+    def upscaler_names(self) -> list[str]:
+        return self.upscaler_registry.names()
+
+    def hires_upscaler_names(self) -> list[str]:
+        """Hires. fix's choices: the latent modes, then the upscalers."""
+        return self.upscaler_registry.hires_names()
+
+    def refresh_upscalers(self) -> list[str]:
+        return [u.name for u in self.upscaler_registry.refresh()]
+
+    def extras(self, items: list[tuple[str, bytes]], values: dict[str, Any], *, save: bool = False) -> ExtrasResult:
+        """Postprocess (name, image bytes) pairs with A1111's extras fields (on the worker: models share the device)."""
+        params = ExtrasParams.from_values(values)  # refused before queueing
+        for name in (params.extras_upscaler_1, params.extras_upscaler_2):
+            if name not in ("", "None"):
+                self.upscaler_registry.get(name)
+        s = self._settings
+        folder = self.data_dir / s.outdir_extras_samples if save and s.samples_save else None
+
+        def work(control) -> ExtrasResult:
+            up = Upscaling(self.upscaler_registry, s.ESRGAN_tile, s.ESRGAN_tile_overlap, lambda: control.interrupted)
+            return run_extras(items, params, up, s, save_to=folder)
+
+        return self.worker.run(work, "extras")
 
     # --- depth and image info -------------------------------------------------------------------
     def estimate_depth(self, image: bytes) -> np.ndarray:

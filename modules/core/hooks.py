@@ -34,6 +34,12 @@ class ScriptRunner:
     process: Callable[[GenerationRequest], GenerationResult]  # the normal pipeline for one request
     save_grid: Callable[[np.ndarray, GenerationRequest, str], str | None]  # (image, request, infotext) -> path
     interrupted: Callable[[], bool]
+    # tools of the pipeline for scripts that work on pictures (SD upscale); None where not given
+    upscale: Callable[[np.ndarray, str, float], np.ndarray] | None = None  # (image, upscaler, scale) -> image
+    depth: Callable[[GenerationRequest, np.ndarray], np.ndarray | None] | None = None  # whole-picture map in [0, 1]
+    save_image: Callable[[np.ndarray, GenerationRequest, str, int], str | None] | None = None  # (.., text, seed)
+    upscalers: Callable[[], list[str]] = lambda: ["None"]  # the upscaler names, in the registry's order
+    max_input_pixels: int = 8192 * 8192
 
 
 class Hooks:

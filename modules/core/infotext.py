@@ -74,7 +74,7 @@ def build(
             if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0
             else None
         ),
-        "Denoising strength": _num(req.denoising_strength) if req.is_img2img else None,
+        "Denoising strength": _num(req.denoising_strength) if req.is_img2img or req.enable_hr else None,
         "Clip skip": clip_skip if clip_skip > 1 else None,
         "Eta": _num(req.eta) if req.eta is not None else None,
         "Depth source": depth_source,
@@ -92,11 +92,33 @@ def build(
         )
     if req.initial_noise_multiplier not in (None, 1.0):
         params["Noise multiplier"] = _num(req.initial_noise_multiplier)
+    if req.enable_hr and not req.is_img2img:
+        params.update(hires_params(req, sampler, schedule))
     params.update(extra or {})
     params["Version"] = VERSION
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     neg = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
     return f"{prompt}{neg}\n{line}"
+
+
+def hires_params(req: GenerationRequest, sampler: str, schedule: str) -> dict[str, Any]:
+    """A1111's hires. fix keys: "Hires upscale" or "Hires resize", steps, upscaler, and what differs."""
+    resized = req.hr_resize_x > 0 or req.hr_resize_y > 0
+    hr_sampler = req.hr_sampler_name if req.hr_sampler_name not in (None, "", "Use same sampler") else None
+    hr_schedule = req.hr_scheduler if req.hr_scheduler not in (None, "", "Use same scheduler") else None
+    return {
+        "Hires upscale": None if resized else _num(req.hr_scale),
+        "Hires resize": f"{req.hr_resize_x}x{req.hr_resize_y}" if resized else None,
+        "Hires steps": req.hr_second_pass_steps or None,
+        "Hires upscaler": req.hr_upscaler or "Latent",
+        "Hires sampler": hr_sampler if hr_sampler and hr_sampler != sampler else None,
+        "Hires schedule type": hr_schedule if hr_schedule and hr_schedule != schedule else None,
+        "Hires prompt": req.hr_prompt if req.hr_prompt and req.hr_prompt != req.prompt else None,
+        "Hires negative prompt": (
+            req.hr_negative_prompt if req.hr_negative_prompt and req.hr_negative_prompt != req.negative_prompt else None
+        ),
+        "Hires CFG Scale": _num(req.hr_cfg) if req.hr_cfg is not None and req.hr_cfg != req.cfg_scale else None,
+    }
 
 
 def parse(text: str) -> dict[str, str]:
@@ -128,6 +150,14 @@ _FIELDS: dict[str, tuple[str, type]] = {
     "Eta": ("eta", float),
     "Masked area padding": ("inpaint_full_res_padding", int),
     "Noise multiplier": ("initial_noise_multiplier", float),
+    "Hires upscale": ("hr_scale", float),
+    "Hires steps": ("hr_second_pass_steps", int),
+    "Hires upscaler": ("hr_upscaler", str),
+    "Hires sampler": ("hr_sampler_name", str),
+    "Hires schedule type": ("hr_scheduler", str),
+    "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str),
+    "Hires CFG Scale": ("hr_cfg", float),
 }
 
 
@@ -157,6 +187,10 @@ def to_request_fields(parsed: dict[str, str]) -> dict[str, Any]:
     out.update(_sampler_and_schedule(out.get("sampler_name"), out.get("scheduler")))
     if m := _SIZE.match(parsed.get("Seed resize from", "")):
         out["seed_resize_from_w"], out["seed_resize_from_h"] = int(m.group(1)), int(m.group(2))
+    if m := _SIZE.match(parsed.get("Hires resize", "")):
+        out["hr_resize_x"], out["hr_resize_y"] = int(m.group(1)), int(m.group(2))
+    if "Denoising strength" in parsed and any(k in parsed for k in ("Hires upscale", "Hires upscaler", "Hires resize")):
+        out["enable_hr"] = True  # as A1111's paste: a txt2img picture made with hires. fix
     if "Mask blur" in parsed and parsed["Mask blur"].isdigit():
         out["mask_blur_x"] = out["mask_blur_y"] = int(parsed["Mask blur"])
     for key, name, labels in (

@@ -51,6 +51,35 @@ MAX_SEED = 2**32 - 1
 MAX_EMPHASIS = 1000.0  # 72 nested "(" or "(text:1000)"; beyond it the conditioning overflows to NaN
 
 
+@dataclass(frozen=True)
+class HiresSize:
+    """Hires. fix geometry (A1111's ``calculate_target_resolution``): upscale to ``upscale``, then crop
+    ``truncate`` latent pixels (x, y) around the centre to reach ``final``; all (width, height)."""
+
+    upscale: tuple[int, int]
+    truncate: tuple[int, int]
+    final: tuple[int, int]
+
+
+def hires_size(width: int, height: int, scale: float, resize_x: int = 0, resize_y: int = 0) -> HiresSize:
+    """Where hires. fix upscales a ``width`` x ``height`` first pass to, rounded as A1111 rounds."""
+    tx = ty = 0
+    if resize_x == 0 and resize_y == 0:
+        up = int(width * scale), int(height * scale)
+    elif resize_y == 0:
+        up = resize_x, resize_x * height // width
+    elif resize_x == 0:
+        up = resize_y * width // height, resize_y
+    else:
+        if width / height < resize_x / resize_y:
+            up = resize_x, resize_x * height // width
+        else:
+            up = resize_y * width // height, resize_y
+        tx, ty = (up[0] - resize_x) // 8, (up[1] - resize_y) // 8
+    final = (up[0] // 8 - tx) * 8, (up[1] // 8 - ty) * 8
+    return HiresSize(up, (tx, ty), final)
+
+
 @dataclass
 class GenerationRequest:
     """One img2img / inpaint / txt2img job. ``init_images`` empty means txt2img."""
@@ -89,6 +118,19 @@ class GenerationRequest:
     extension_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # by extension name, never position
     script_name: str | None = None  # a selectable script (e.g. "X/Y/Z plot") that runs the job itself
     script_args: dict[str, Any] = field(default_factory=dict)
+    # hires. fix (txt2img): a second img2img pass at a larger size; denoising_strength is its strength
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0  # "Resize width to" (0: from hr_scale / the other side)
+    hr_resize_y: int = 0
+    hr_upscaler: str | None = None  # a latent mode or an upscaler name; None / "": "Latent" (as A1111)
+    hr_second_pass_steps: int = 0  # 0: the same as steps
+    hr_prompt: str = ""  # empty: the first pass's prompt
+    hr_negative_prompt: str = ""
+    hr_sampler_name: str | None = None  # None / "Use same sampler": the first pass's
+    hr_scheduler: str | None = None
+    hr_cfg: float | None = None  # None: cfg_scale
+    depth_normalized: bool = False  # depth_map is already normalised (0 far .. 1 near): no per-image min-max
     save_images: bool = True
     save_grid: bool = True
 
@@ -168,7 +210,29 @@ class GenerationRequest:
             raise ValidationError("alwayson_scripts", "expected an object keyed by extension name")
         if not isinstance(self.script_args, dict):
             raise ValidationError("script_args", "expected an object of argument names and values")
+        if self.enable_hr:
+            self._validate_hires(max_pixels)
         return self
+
+    def _validate_hires(self, max_pixels: int) -> None:
+        """The hires. fix fields, and the second pass's size within the output limit."""
+        _number(self, "hr_scale", 1.0, 8.0)
+        for name in ("hr_resize_x", "hr_resize_y"):
+            _integer(self, name, 0, 8192)
+        _integer(self, "hr_second_pass_steps", 0, 1000)
+        for name in ("hr_prompt", "hr_negative_prompt"):
+            _text(self, name, 50_000)
+            _emphasis(self, name)
+        if self.hr_cfg is not None:
+            _number(self, "hr_cfg", 0.0, 100.0)
+        if not isinstance(self.hr_upscaler, str | None):
+            raise ValidationError("hr_upscaler", f"expected an upscaler name, got {self.hr_upscaler!r}")
+        size = hires_size(self.width, self.height, self.hr_scale, self.hr_resize_x, self.hr_resize_y)
+        w, h = size.final
+        if min(w, h) < 64 or w * h > max_pixels:
+            raise ValidationError(
+                "hr_scale", f"the hires. fix size {w}x{h} is outside 64 px .. {max_pixels} pixels (max_output_pixels)"
+            )
 
 
 def _text(req: GenerationRequest, name: str, max_len: int) -> str:

@@ -46,6 +46,9 @@ class Settings:
     )
     outdir_txt2img_grids: str = opt("outputs/txt2img-grids", "Output directory for txt2img grids", "Paths", folder=True)
     outdir_save: str = opt("log/images", "Directory for saving images using the Save button", "Paths", folder=True)
+    outdir_extras_samples: str = opt(
+        "outputs/extras-images", "Output directory for images from extras", "Paths", folder=True
+    )
     # model
     sd_model_checkpoint: str = opt("", "Stable Diffusion checkpoint", "Stable Diffusion")
     sd_checkpoints_limit: int = opt(
@@ -79,6 +82,12 @@ class Settings:
     depth_cache_size: int = opt(
         16, "Depth maps and init latents kept in memory (per image and model)", "img2img", minimum=0, maximum=256
     )
+    # upscaling (Extras, hires. fix, SD upscale)
+    ESRGAN_tile: int = opt(192, "Tile size for upscaler models (0 = no tiling)", "Upscaling", minimum=0, maximum=512)
+    ESRGAN_tile_overlap: int = opt(
+        8, "Tile overlap for upscaler models, in pixels (less: visible seams)", "Upscaling", minimum=0, maximum=48
+    )
+    upscaler_for_img2img: str = opt("None", "Upscaler for img2img (the X/Y/Z plot's Upscaler axis)", "Upscaling")
     # optimizations (measured in BENCHMARKS.md)
     opt_channels_last: bool = opt(
         False,

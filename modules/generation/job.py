@@ -26,6 +26,7 @@ from modules.core.settings import Settings
 from modules.generation.conditioning import ConditioningCache
 from modules.models.manager import LoadedModel, ModelManager
 from modules.models.sd_model import StableDiffusionModel
+from modules.models.upscaling import UpscalerRegistry
 
 T = TypeVar("T")
 
@@ -68,6 +69,7 @@ class ProcessingContext:
     depth_cache: DepthCache = field(default_factory=DepthCache)
     control: JobControl = field(default_factory=JobControl)
     hooks: Hooks = field(default_factory=Hooks)
+    upscalers: UpscalerRegistry | None = None  # hires. fix's and SD upscale's pixel upscalers
 
 
 @dataclass

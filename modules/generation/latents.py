@@ -51,10 +51,7 @@ def depth_for(ctx: ProcessingContext, loaded: LoadedModel, request: GenerationRe
     latent_hw = (request.height // model.vae_scale, request.width // model.vae_scale)
     if user_depth is not None:
         arr = prepared.depth_map if prepared is not None else transform_like(user_depth, request, None)
-        raw = depth.depth_map_tensor(arr, invert=request.depth_invert)
-        cond = depth.to_latent_conditioning(raw, latent_hw)
-        display = torch.from_numpy(depth.depth_for_display(raw, (request.height, request.width)))
-        return cond, display
+        return user_depth_conditioning(arr, request, latent_hw)
     image = pixels.to_tensor(prepared.for_depth)
     key = (loaded.key, hashlib.sha256(image.numpy().tobytes()).hexdigest(), latent_hw)
 
@@ -64,6 +61,27 @@ def depth_for(ctx: ProcessingContext, loaded: LoadedModel, request: GenerationRe
         return cond.cpu(), torch.from_numpy(depth.depth_for_display(raw, (request.height, request.width)))
 
     return ctx.depth_cache.get_or_compute(key, compute)
+
+
+def user_depth_conditioning(arr: np.ndarray, request: GenerationRequest,
+                            latent_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A user's map at the image's size -> (conditioning [1,1,h,w], display [H,W] in [0, 1]).
+
+    Normally min-max normalised per image; with ``request.depth_normalized`` (a crop of a map normalised
+    for a larger picture, e.g. SD upscale's tiles) its values are kept: 0..1 (or 0..255, 0..65535 by
+    the file's range) become -1..1, averaged down to latent size.
+    """
+    size_hw = (request.height, request.width)
+    if not request.depth_normalized:
+        raw = depth.depth_map_tensor(arr, invert=request.depth_invert)
+        return depth.to_latent_conditioning(raw, latent_hw), torch.from_numpy(depth.depth_for_display(raw, size_hw))
+    peak = float(arr.max()) if arr.size else 0.0
+    unit = arr / (1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0)
+    unit = 1.0 - unit if request.depth_invert else unit
+    given = torch.from_numpy(np.clip(unit, 0.0, 1.0).astype(np.float32))[None, None]
+    cond = torch.nn.functional.interpolate(given * 2.0 - 1.0, size=latent_hw, mode="area")
+    display = torch.nn.functional.interpolate(given, size=size_hw, mode="area")[0, 0]
+    return cond, display
 
 
 def batch_depth(job: Job, preps: list[PreparedImage | None]) -> tuple[torch.Tensor | None, list]:

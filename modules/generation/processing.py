@@ -8,7 +8,8 @@ Recipe for a request (each step in its own module):
 4. ``latents``: depth (MiDaS through the model, cached, or the user's map), seeded noise, init latents.
 5. Prompts -> conditioning (``conditioning``, cached per model and prompt; chunks, BREAK and emphasis).
 6. ``sampling``: for each batch, the strength's timesteps and the CFG loop with the depth channel,
-   the unmasked area blended back every step; then the VAE decodes.
+   the unmasked area blended back every step; ``hires``: txt2img's second pass (hires. fix); then
+   the VAE decodes.
 7. ``outputs``: crops pasted back, the original pixels outside the mask, infotext, saving, the grid.
 """
 
@@ -30,7 +31,7 @@ from modules.core.hooks import ScriptRunner
 from modules.core.progress import Stop
 from modules.core.request import GenerationRequest, GenerationResult
 from modules.core.settings import Settings
-from modules.generation import latents, outputs, pixels, sampling
+from modules.generation import hires, latents, outputs, pixels, sampling, sd_upscale
 from modules.generation.conditioning import pad_to_same_length
 from modules.generation.inputs import finish_image, prepare_inputs
 from modules.generation.job import DepthCache, Job, ProcessingContext, PromptConditioning
@@ -85,7 +86,8 @@ def _run_script(request: GenerationRequest, ctx: ProcessingContext, settings: Se
     def save_grid(image: np.ndarray, req: GenerationRequest, text: str) -> str | None:
         return outputs.write_grid(image, req, settings, ctx.data_dir, seed=req.seed, text=text, warnings=[])
 
-    runner = ScriptRunner(lambda r: process(r, ctx), save_grid, lambda: ctx.control.interrupted)
+    runner = ScriptRunner(lambda r: process(r, ctx), save_grid, lambda: ctx.control.interrupted,
+                          **sd_upscale.runner_tools(ctx, settings))  # fmt: skip
     return _with_checkpoint(request, ctx, lambda _loaded: script.run(inner, dict(request.script_args), runner))
 
 
@@ -159,7 +161,12 @@ def generate_batch(job: Job, idx: list[int], seeds: list[int], subseeds: list[in
     if init is not None and preps[0].work_mask is not None:
         init, inpaint = latents.latent_inpaint(job, preps, init, noise)
     memory.release_freed_memory()  # each stage's freed blocks are kept for reuse within it, not across
-    out, stopped = job.timed("denoise", sampling.denoise_batch, job, idx, seeds, noise, gens, init, inpaint, depth_cond)
+    first_job = hires.first_pass_job(job) if hires.wanted(job.request) else job
+    out, stopped = job.timed("denoise", sampling.denoise_batch, first_job, idx, seeds, noise, gens, init, inpaint,
+                             depth_cond)  # fmt: skip
+    if stopped is None and hires.wanted(job.request):  # 6b. hires. fix: the second pass at the new size
+        memory.release_freed_memory()
+        out, depth_display, stopped = job.timed("hires", hires.second_pass, job, idx, seeds, gens, out)
     if stopped is Stop.SKIP:
         return None
     if not torch.isfinite(out).all():

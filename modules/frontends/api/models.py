@@ -52,6 +52,13 @@ IMG2IMG_ONLY = {
 }
 
 DESCRIPTIONS = {
+    "enable_hr": "Hires. fix (txt2img; ignored by img2img): a second pass at hr_scale (or hr_resize_x/y) with "
+    "denoising_strength.",
+    "hr_upscaler": "A latent mode (/sdapi/v1/latent-upscale-modes) or an upscaler (/sdapi/v1/upscalers); "
+    "default Latent.",
+    "hr_second_pass_steps": "Steps of the second pass; 0: the same as steps.",
+    "depth_normalized": "depth_image is already normalised (black = farthest, white = nearest of a larger "
+    "picture): used as it is, without the per-image min-max.",
     "init_images": "Input images: base64 (optionally with a data:image/...;base64, prefix). URLs are not fetched.",
     "mask": "Inpainting mask (base64), the size of the first init image; white = repaint.",
     "depth_image": "Your own depth map (base64 PNG/TIFF, 8- or 16-bit, white = near); replaces MiDaS.",
@@ -169,17 +176,7 @@ IMG2IMG_EXTRA: dict[str, tuple[Any, Any]] = {
 }
 
 TXT2IMG_EXTRA: dict[str, tuple[Any, Any]] = {
-    "enable_hr": _opt(bool, False, "Hires. fix: not supported; true is refused."),
-    "hr_scale": _opt(float, 2.0),
-    "hr_upscaler": _opt(str | None, None),
-    "hr_second_pass_steps": _opt(int, 0),
-    "hr_resize_x": _opt(int, 0),
-    "hr_resize_y": _opt(int, 0),
-    "hr_checkpoint_name": _opt(str | None, None),
-    "hr_sampler_name": _opt(str | None, None),
-    "hr_scheduler": _opt(str | None, None),
-    "hr_prompt": _opt(str, ""),
-    "hr_negative_prompt": _opt(str, ""),
+    "hr_checkpoint_name": _opt(str | None, None, "Not supported (reported in info.warnings)."),
     "firstphase_width": _opt(int, 0),
     "firstphase_height": _opt(int, 0),
 }

@@ -39,6 +39,7 @@ _UNSUPPORTED = [
     ("refiner_checkpoint", (None, "", "None"), "refiner checkpoints are not available here; ignored"),
     ("latent_mask", (None, ""), "latent_mask is not available here; ignored"),
     ("firstpass_image", (None, ""), "firstpass_image is not available here; ignored"),
+    ("hr_checkpoint_name", (None, "", "Use same checkpoint"), "a hires. fix checkpoint is not available here; ignored"),
 ]
 
 

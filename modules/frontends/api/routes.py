@@ -30,7 +30,7 @@ from modules.core import samplers
 from modules.core.errors import CheckpointNotFoundError, UserError, ValidationError
 from modules.core.settings import Settings
 
-from . import payloads
+from . import extras, payloads
 from .models import (
     DepthResponse,
     ErrorResponse,
@@ -128,6 +128,7 @@ def build_router(service: Service, options: Options) -> APIRouter:
     add("/reload-checkpoint", api.reload_checkpoint, methods=["POST"])
     add("/memory", api.memory, methods=["GET"])
     add("/scripts", api.scripts, methods=["GET"], response_model=ScriptsList)
+    extras.add_routes(router, service)
     return router
 
 
@@ -146,15 +147,14 @@ class Api:
         return self._generate(body, img2img=True)
 
     def txt2img(self, body: Txt2ImgRequest) -> dict[str, Any]:
-        """A1111's txt2img; with the depth model it needs depth_image (its layout comes from the map)."""
-        if body.enable_hr:
-            raise ValidationError("enable_hr", "hires. fix is not available here; send enable_hr: false")
+        """A1111's txt2img (hires. fix included); with the depth model it needs depth_image (the layout's source)."""
         return self._generate(body, img2img=False)
 
     def _generate(self, body: Img2ImgRequest | Txt2ImgRequest, *, img2img: bool) -> dict[str, Any]:
         """Check and translate the request (refusals before queueing), run it on the worker, answer as A1111."""
         for name, value in body.model_dump().items():
             payloads.check_unicode(value, name)
+        self._name_script_args(body)
         warnings = self._request_warnings(body)
         payloads.apply_infotext(body, warnings, self._known_checkpoint)
         overrides = payloads.check_override_settings(body.override_settings, self.service.settings, warnings)
@@ -176,6 +176,15 @@ class Api:
             "parameters": payloads.parameters_echo(body, bool(getattr(body, "include_init_images", False))),
             "info": payloads.info_json(info),
         }
+
+    def _name_script_args(self, body: Img2ImgRequest | Txt2ImgRequest) -> None:
+        """A1111's positional ``script_args`` -> names, for scripts that declare them (SD upscale)."""
+        if not isinstance(body.script_args, list) or not body.script_name:
+            return
+        wanted = body.script_name.strip().lower()
+        script = next((s for s in self.service.scripts() if s.title.lower() == wanted), None)
+        if script is not None and script.positional:
+            body.script_args = dict(zip(script.positional, body.script_args, strict=False))
 
     def _request_warnings(self, body: Img2ImgRequest | Txt2ImgRequest) -> list[str]:
         """What the request asks for that will not happen (unsupported A1111 fields, unknown extensions)."""
@@ -271,6 +280,8 @@ class Api:
         for key, value in sorted(vars(self.options).items()):
             if key in SECRET_FLAGS and value:
                 value = "***"
+            if isinstance(value, list):
+                value = [str(v) if isinstance(v, Path) else v for v in value]
             out[key] = str(value) if isinstance(value, Path) else value
         return out
 

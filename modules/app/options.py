@@ -92,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="log-in for the web UI; without --api-auth it is also the API's HTTP Basic auth",
     )
     net.add_argument("--max-body-mb", type=float, default=64.0, help="largest accepted HTTP request body, in MiB")
+    net.add_argument(
+        "--allowed-hosts",
+        default=None,
+        metavar="HOST[,HOST]",
+        help="more host names the server answers to (Host header); '*' turns the check off. Always allowed: "
+        "localhost, loopback addresses, --server-name; with --listen also any IP address and this machine's names",
+    )
+    net.add_argument(
+        "--cors-allow-origins",
+        default=None,
+        metavar="ORIGIN[,ORIGIN]",
+        help="other web pages (e.g. http://localhost:3000) allowed to call the API and the UI from a browser; "
+        "by default only the server's own pages may change anything",
+    )
+    net.add_argument("--max-upload-files", type=int, default=16, help="most files one web UI upload request may carry")
+    net.add_argument(
+        "--upload-ttl-minutes", type=float, default=60.0, help="web UI uploads are deleted after this many minutes"
+    )
 
     add_setup_flags(p)
 
@@ -114,6 +132,10 @@ class Options:
     api_auth: str | None = None
     gradio_auth: str | None = None
     max_body_mb: float = 64.0
+    allowed_hosts: str | None = None
+    cors_allow_origins: str | None = None
+    max_upload_files: int = 16
+    upload_ttl_minutes: float = 60.0
     ckpt_dir: Path | None = None
     upscaler_dir: list[Path] | None = None
     ckpt: str | None = None

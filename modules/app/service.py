@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modules.app.checks import check_request
+from modules.app.checks import check_request, memory_budget
 from modules.app.extensions import ExtensionRegistry, Script
 from modules.app.worker import Worker
 from modules.core import images, infotext, samplers
@@ -73,13 +73,16 @@ class Service:
     def settings(self) -> Settings:
         return self._settings
 
-    def update_settings(self, values: dict[str, Any]) -> Settings:
-        """Validate and apply `values`; ``sd_model_checkpoint`` switches the model (after the running job)."""
+    def update_settings(self, values: dict[str, Any], *, may_raise_limits: bool = True) -> Settings:
+        """Validate and apply `values`; ``sd_model_checkpoint`` switches the model (after the running job).
+
+        A front end passes ``may_raise_limits=False`` for a caller without a log-in: raising a limit is a 403."""
         values = dict(values or {})
         settings_module.check_request_folders(values)
         checkpoint = values.pop("sd_model_checkpoint", None)
         with self._settings_lock:
             self._settings.override(values)  # validated before the switch: a bad value changes nothing
+            settings_module.check_limit_raise(self._settings, values, allowed=may_raise_limits)
         if checkpoint:
             self.select_checkpoint(checkpoint)  # waits for the running job; records the new checkpoint
         with self._settings_lock:  # applied to the settings as they are now: changes made meanwhile are kept
@@ -185,7 +188,8 @@ class Service:
 
     def check(self, request: GenerationRequest, *, template: bool = False) -> GenerationRequest:
         """Refuse a request before it is queued (sizes, ranges, sampler, schedule, checkpoint override)."""
-        request = check_request(request, self._settings, self.registry, template=template)
+        request = check_request(request, self._settings, self.registry, template=template,
+                                budget=None if template else memory_budget(self.models.current, self.worker))  # fmt: skip
         if request.enable_hr and not request.is_img2img:
             self._check_hires(request)
         return request
@@ -220,6 +224,10 @@ class Service:
 
     def skip(self) -> bool:
         return self.worker.skip()
+
+    def cancel(self, future: Future) -> str:
+        """Stop one submitted job (its client is gone): "cancelled" if queued, "interrupted" if running, or "done"."""
+        return self.worker.cancel(future)
 
     def progress(self) -> dict[str, Any]:
         """A1111's /progress fields (the preview as a uint8 array, not yet encoded)."""

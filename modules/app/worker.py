@@ -2,7 +2,8 @@
 
 Generation, model switches and refreshes all go through ``Worker.run``, so a model switch asked for
 mid-job waits for the job, and concurrent clients are answered one after another.  Each job gets a
-fresh ``JobControl``; ``interrupt()`` / ``skip()`` act on the running one.
+fresh ``JobControl``; ``interrupt()`` / ``skip()`` act on the running one, ``cancel(future)`` on one job
+(queued: it never starts; running: it is interrupted), e.g. when the client that asked for it is gone.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Worker:
         self._lock = threading.Lock()
         self._preview_every = preview_every
         self._last_state = ProgressState()
+        self.idle_spare: int | None = None  # RAM to spare measured after the last job (admission while busy)
         self._thread = threading.Thread(target=self._loop, name="job-worker", daemon=True)
         self._thread.start()
 
@@ -73,6 +75,7 @@ class Worker:
                     self._last_state = job.control.snapshot()
                     self._current = None
                 memory.release_freed_memory()  # an idle server gives the job's peak back to the OS
+                self.idle_spare = memory.spare_bytes()
 
     # --- control --------------------------------------------------------------------------------
     def interrupt(self) -> bool:
@@ -94,9 +97,21 @@ class Worker:
         with self._lock:
             return self._current is not None
 
+    def cancel(self, future: Future) -> str:
+        """Stop the job of `future`: "cancelled" (it was queued), "interrupted" (running), or "done"."""
+        if future.cancel():
+            return "cancelled"
+        with self._lock:
+            if self._current is not None and self._current.future is future:
+                self._current.control.interrupt()
+                return "interrupted"
+        return "done"
+
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Jobs waiting to start (cancelled ones not counted)."""
+        with self._queue.mutex:
+            return sum(1 for job in self._queue.queue if job is not None and not job.future.cancelled())
 
     def current_control(self) -> JobControl | None:
         with self._lock:

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import ImageColor
 
-from modules.core.errors import ValidationError
+from modules.core.errors import UserError, ValidationError
 from modules.core.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -126,11 +126,15 @@ class Settings:
         False, "bfloat16 autocast for the UNet on CPU (lossy; fast only with AVX-512 BF16/AMX)", "Optimizations"
     )
     # limits
+    # raised only from config.json or a logged-in request (limit=True; see raised_limits), never above the maximum
     max_output_pixels: int = opt(
-        2048 * 2048, "Largest output image, in pixels (width x height)", "Limits", minimum=64 * 64
-    )
-    max_input_pixels: int = opt(8192 * 8192, "Largest accepted input image, in pixels", "Limits", minimum=64 * 64)
-    max_batch_images: int = opt(64, "Most images one request may make (batch count x batch size)", "Limits", minimum=1)
+        2048 * 2048, "Largest output image, in pixels (width x height)", "Limits", minimum=64 * 64,
+        maximum=8192 * 8192, limit=True,
+    )  # fmt: skip
+    max_input_pixels: int = opt(8192 * 8192, "Largest accepted input image, in pixels", "Limits", minimum=64 * 64,
+                                maximum=16384 * 16384, limit=True)  # fmt: skip
+    max_batch_images: int = opt(64, "Most images one request may make (batch count x batch size)", "Limits", minimum=1,
+                                maximum=1000, limit=True)  # fmt: skip
     # live preview
     live_previews_enable: bool = opt(True, "Show live previews of the image being generated", "Live previews")
     show_progress_every_n_steps: int = opt(
@@ -188,40 +192,90 @@ class Settings:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
 
+MAX_TEXT = 4096  # characters of a text setting
+MAX_LIST = 1024  # names in a list setting (each at most MAX_NAME characters)
+MAX_NAME = 256
+
+
+class LimitRaiseError(UserError):
+    """A request without a log-in that would raise a limit (only config.json or a logged-in request may)."""
+
+    status_code = 403
+
+
+def raised_limits(current: Settings, values: dict[str, Any]) -> list[str]:
+    """The names of limit settings that `values` would raise above `current` (values already validated)."""
+    out = []
+    for f in fields(Settings):
+        value = (values or {}).get(f.name)
+        if f.metadata.get("limit") and isinstance(value, int | float) and value > getattr(current, f.name):
+            out.append(f.name)
+    return out
+
+
+def check_limit_raise(current: Settings, values: dict[str, Any], *, allowed: bool) -> None:
+    """Refuse (403) raising a limit unless `allowed` (a logged-in request)."""
+    raised = raised_limits(current, values)
+    if raised and not allowed:
+        raise LimitRaiseError(
+            f"{raised[0]}: limits can be lowered here but raised only by a logged-in request (--api-auth / "
+            f"--gradio-auth) or in config.json by the machine's owner"
+        )
+
+
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     """Check one value against its field's type and range; raise ValidationError naming it."""
     name, meta = f.name, f.metadata
     kind = type(f.default) if f.default is not dataclasses.MISSING else list
     if kind is bool:
         if not isinstance(value, bool):
-            raise ValidationError(name, f"expected true or false, got {value!r}")
+            raise ValidationError(name, f"expected true or false, got {_short(value)}")
     elif kind is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValidationError(name, f"expected a whole number, got {value!r}")
+            raise ValidationError(name, f"expected a whole number, got {_short(value)}")
         value = int(value)
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise ValidationError(name, f"expected a number, got {value!r}")
+            raise ValidationError(name, f"expected a number, got {_short(value)}")
         value = float(value)
     elif kind is str:
         if not isinstance(value, str):
-            raise ValidationError(name, f"expected text, got {value!r}")
+            raise ValidationError(name, f"expected text, got {_short(value)}")
+        if len(value) > MAX_TEXT:
+            raise ValidationError(name, f"{len(value)} characters; at most {MAX_TEXT}")
     elif kind is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValidationError(name, f"expected a list of names, got {value!r}")
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value[:MAX_LIST + 1]):
+            raise ValidationError(name, f"expected a list of names, got {_short(value)}")
+        if len(value) > MAX_LIST or any(len(v) > MAX_NAME for v in value):
+            raise ValidationError(name, f"{len(value)} names; at most {MAX_LIST}, each at most {MAX_NAME} characters")
         value = list(value)
     if meta.get("color"):
         try:
             ImageColor.getrgb(value)
         except ValueError as e:
-            raise ValidationError(name, f"{value!r} is not a colour (use e.g. #ffffff or white)") from e
+            raise ValidationError(name, f"{_short(value)} is not a colour (use e.g. #ffffff or white)") from e
     if "choices" in meta and value not in meta["choices"]:
-        raise ValidationError(name, f"{value!r} is not one of {', '.join(map(str, meta['choices']))}")
+        raise ValidationError(name, f"{_short(value)} is not one of {', '.join(map(str, meta['choices']))}")
     if "minimum" in meta and value < meta["minimum"]:
         raise ValidationError(name, f"{value} is below the minimum {meta['minimum']}")
     if "maximum" in meta and value > meta["maximum"]:
         raise ValidationError(name, f"{value} is above the maximum {meta['maximum']}")
     return value
+
+
+def summarise_names(names: list[str], shown: int = 10, width: int = 60) -> str:
+    """'a, b, c' for a few names; at most `shown` (each cut to `width` characters) then "... and N more"."""
+    cut = [n if len(n) <= width else n[: width - 3] + "..." for n in names[:shown]]
+    more = f" ... and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(cut) + more
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """repr(value), cut to `limit` characters (an error message never echoes a whole 57 MB value)."""
+    text = repr(value) if not isinstance(value, list | dict | str) or len(value) < limit else None
+    if text is None:
+        text = f"a {type(value).__name__} of {len(value)} items" if not isinstance(value, str) else repr(value[:limit])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_request_folders(values: dict[str, Any]) -> None:
@@ -245,6 +299,6 @@ def check_request_folders(values: dict[str, Any]) -> None:
         ):
             raise ValidationError(
                 f.name,
-                f"{value!r} is not a folder inside the data folder: give a relative path such as "
+                f"{_short(value)} is not a folder inside the data folder: give a relative path such as "
                 f"{f.default!r} (other places can be set in config.json by the machine's owner)",
             )

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 
 from modules.app.options import Options, parse_auth
 from modules.app.service import Service
+from modules.frontends.auth_throttle import AuthThrottle
 
 from .middleware import ApiGuard
 from .routes import build_router, validation_error
@@ -25,11 +26,11 @@ log = logging.getLogger(__name__)
 __all__ = ["guard_app", "mount_api"]
 
 
-def mount_api(app: FastAPI, service: Service, options: Options) -> None:
+def mount_api(app: FastAPI, service: Service, options: Options, throttle: AuthThrottle | None = None) -> None:
     """Add the /sdapi/v1 routes, HTTP Basic auth (--api-auth), the body limit (--max-body-mb) and timing."""
     app.include_router(build_router(service, options))
     app.add_exception_handler(RequestValidationError, validation_error)
-    credentials, max_body = guard_app(app, options)
+    credentials, max_body = guard_app(app, options, throttle)
     log.info(
         "API at /sdapi/v1 (docs at /docs)%s; request bodies up to %g MiB",
         f", HTTP Basic auth for {len(credentials)} user(s)" if credentials else "",
@@ -37,9 +38,10 @@ def mount_api(app: FastAPI, service: Service, options: Options) -> None:
     )
 
 
-def guard_app(app: FastAPI, options: Options) -> tuple[dict[str, str], int]:
+def guard_app(app: FastAPI, options: Options, throttle: AuthThrottle | None = None) -> tuple[dict[str, str], int]:
     """HTTP Basic auth for every route the web UI does not serve, the API's body limit, and timing."""
     credentials = parse_auth(options.api_auth)
     max_body = int(options.max_body_mb * 2**20)
-    app.add_middleware(ApiGuard, credentials=credentials, max_body_bytes=max_body, router=app.router)
+    app.add_middleware(ApiGuard, credentials=credentials, max_body_bytes=max_body, router=app.router,
+                       throttle=throttle)  # fmt: skip
     return credentials, max_body

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import secrets
 import time
@@ -19,6 +20,8 @@ import time
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modules.frontends.auth_throttle import AuthThrottle
 
 API_PREFIX = "/sdapi/"
 DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
@@ -30,11 +33,13 @@ _EMBEDDED_API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.
 class ApiGuard:
     """Times every response; checks credentials outside the web UI and the body size on API paths."""
 
-    def __init__(self, app: ASGIApp, *, credentials: dict[str, str], max_body_bytes: int, router: Router | None = None):
+    def __init__(self, app: ASGIApp, *, credentials: dict[str, str], max_body_bytes: int, router: Router | None = None,
+                 throttle: AuthThrottle | None = None):  # fmt: skip
         self.app = app
         self.credentials = [(u.encode(), p.encode()) for u, p in credentials.items()]
         self.max_body_bytes = max_body_bytes
         self.router = router  # the app's routes: what a Mount (the web UI) serves keeps the UI's own log-in
+        self.throttle = throttle or AuthThrottle()  # wrong passwords: logged and slowed per client address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,9 +54,7 @@ class ApiGuard:
 
         path = scope.get("path", "")
         is_api = path.startswith(API_PREFIX)
-        if self.credentials and self._guarded(scope) and not self._authorized(scope):
-            await _json(timed_send, 401, "Incorrect or missing username and password (HTTP Basic auth)",
-                        "Unauthorized", {"WWW-Authenticate": 'Basic realm="sdapi"'})  # fmt: skip
+        if self.credentials and self._guarded(scope) and not await self._checked_auth(scope, timed_send):
             return
         if not is_api:
             if self.credentials and path == "/" and scope.get("method") == "GET":
@@ -98,6 +101,23 @@ class ApiGuard:
             if match == Match.FULL:
                 return not isinstance(route, Mount)
         return True
+
+    async def _checked_auth(self, scope: Scope, send: Send) -> bool:
+        """True when the request's credentials are right; else answers 401 (or 429 while the client must wait)."""
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        wait = self.throttle.wait_seconds(client)
+        if wait > 0:
+            await _json(send, 429, f"too many failed log-ins; try again in {math.ceil(wait)} s", "TooManyRequests",
+                        {"Retry-After": str(math.ceil(wait))})  # fmt: skip
+            return False
+        if self._authorized(scope):
+            self.throttle.succeeded(client)
+            return True
+        if Headers(scope=scope).get("authorization"):  # a wrong password (no header at all is not a guess)
+            self.throttle.failed(client, f"API log-in for {scope.get('path', '')[:100]}")
+        await _json(send, 401, "Incorrect or missing username and password (HTTP Basic auth)",
+                    "Unauthorized", {"WWW-Authenticate": 'Basic realm="sdapi"'})  # fmt: skip
+        return False
 
     def _authorized(self, scope: Scope) -> bool:
         """HTTP Basic credentials, compared in constant time against every configured user."""

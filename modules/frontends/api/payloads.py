@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from modules.core import depthmaps, images, infotext, samplers
 from modules.core.errors import UserError, ValidationError
 from modules.core.request import GenerationRequest, GenerationResult
-from modules.core.settings import Settings, check_request_folders
+from modules.core.settings import Settings, check_request_folders, summarise_names
 
 from .models import API_NAMES, BOOL_ENUMS, ENUM_FIELDS, INDIRECT_FIELDS
 
@@ -194,7 +194,7 @@ def check_override_settings(values: dict[str, Any], settings: Settings, warnings
     kept = {k: v for k, v in (values or {}).items() if k in known}
     unknown = sorted(set(values or {}) - known)
     if unknown:
-        warnings.append(f"override_settings: unknown options ignored: {', '.join(unknown)}")
+        warnings.append(f"override_settings: unknown options ignored: {summarise_names(unknown)}")
     if "sd_model_checkpoint" in kept:
         check_checkpoint_name(kept["sd_model_checkpoint"], "override_settings.sd_model_checkpoint")
     try:
@@ -213,7 +213,7 @@ def unsupported_warnings(body: BaseModel) -> list[str]:
         if value not in idle:
             out.append(f"{field}: {message}")
     if body.model_extra:
-        out.append(f"unknown fields ignored: {', '.join(sorted(body.model_extra))}")
+        out.append(f"unknown fields ignored: {summarise_names(sorted(body.model_extra))}")
     return out
 
 

@@ -31,6 +31,7 @@ from modules.core.errors import CheckpointNotFoundError, UserError, ValidationEr
 from modules.core.settings import Settings
 
 from . import extras, payloads
+from .disconnect import wait_for_client
 from .models import (
     DepthResponse,
     ErrorResponse,
@@ -86,8 +87,26 @@ def error_response(status: int, detail: str, error: str) -> JSONResponse:
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 for a malformed body, rendered so that any value it quotes can be sent back."""
-    return ApiJSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+    """FastAPI's 422 for a malformed body in the documented shape: ``detail`` (text naming the first fields),
+    ``error``, and FastAPI's list as ``errors`` (at most 20, values cut), so any value quoted can be sent back."""
+    errors = exc.errors()
+    shown = [f"{'.'.join(map(str, e.get('loc', ())))[:200]}: {str(e.get('msg', ''))[:200]}" for e in errors[:3]]
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    listed = [{k: v for k, v in e.items() if k != "input"} | {"input": _cut(e.get("input"))} for e in errors[:20]]
+    body = {"detail": "; ".join(shown) + more, "error": "RequestValidationError",
+            "errors": _json_safe(jsonable_encoder(listed))}  # fmt: skip
+    return ApiJSONResponse(body, status_code=422)
+
+
+def _cut(value: Any) -> Any:
+    """A quoted input value, short: long text and containers become a short description."""
+    if isinstance(value, str) and len(value) > 200:
+        return value[:200] + "..."
+    if isinstance(value, list | dict) and (len(value) > 20 or len(repr(value)) > 200):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return value
+
+
 
 
 def _json_safe(value: Any) -> Any:
@@ -140,17 +159,18 @@ class Api:
         self.options = options
 
     # --- generation -------------------------------------------------------------------------------
-    def img2img(self, body: Img2ImgRequest) -> dict[str, Any]:
+    def img2img(self, body: Img2ImgRequest, http: Request) -> dict[str, Any]:
         """A1111's img2img / inpainting, plus depth_image / depth_invert; returns images, parameters, info."""
         if not body.init_images:
             raise payloads.ApiError(404, "Init image not found")
-        return self._generate(body, img2img=True)
+        return self._generate(body, img2img=True, http=http)
 
-    def txt2img(self, body: Txt2ImgRequest) -> dict[str, Any]:
+    def txt2img(self, body: Txt2ImgRequest, http: Request) -> dict[str, Any]:
         """A1111's txt2img (hires. fix included); with the depth model it needs depth_image (the layout's source)."""
-        return self._generate(body, img2img=False)
+        return self._generate(body, img2img=False, http=http)
 
-    def _generate(self, body: Img2ImgRequest | Txt2ImgRequest, *, img2img: bool) -> dict[str, Any]:
+    def _generate(self, body: Img2ImgRequest | Txt2ImgRequest, *, img2img: bool,
+                  http: Request | None = None) -> dict[str, Any]:  # fmt: skip
         """Check and translate the request (refusals before queueing), run it on the worker, answer as A1111."""
         for name, value in body.model_dump().items():
             payloads.check_unicode(value, name)
@@ -164,7 +184,7 @@ class Api:
         settings = self.service.settings.override(overrides, strict=False)
         for w in warnings:
             log.warning("API request: %s", w)
-        result = self.service.generate(request)
+        result = wait_for_client(self.service, self.service.submit(request), http)  # cancelled if the client goes
         info = payloads.info_dict(
             request, result, clip_skip=settings.CLIP_stop_at_last_layers, styles=body.styles, warnings=warnings
         )
@@ -261,7 +281,7 @@ class Api:
         known = set(Settings.field_names())
         unknown = sorted(set(body) - known)
         if unknown:
-            raise ValidationError(unknown[0], f"unknown option; known: {', '.join(sorted(known))}")
+            raise ValidationError(unknown[0][:100], f"unknown option; known: {', '.join(sorted(known))}")
         values = dict(body)
         ckpt = values.get("sd_model_checkpoint")
         if ckpt is not None:
@@ -271,7 +291,7 @@ class Api:
                 values.pop("sd_model_checkpoint")  # already loaded (or cleared): nothing to switch
             else:
                 self.service.find_checkpoint(ckpt)  # 404 "not found" before anything changes
-        self.service.update_settings(values)
+        self.service.update_settings(values, may_raise_limits=bool(self.options.api_auth))  # 403 without a log-in
         return None
 
     def cmd_flags(self) -> dict[str, Any]:

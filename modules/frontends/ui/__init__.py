@@ -15,9 +15,11 @@ from fastapi import FastAPI
 from modules.app.options import Options, parse_auth
 from modules.app.service import Service
 from modules.frontends.ui.blocks import build_ui
+from modules.frontends.ui.guard import GradioCallGuard
 from modules.frontends.ui.handlers import UiHandlers
 from modules.frontends.ui.outputs import OutputStore
 from modules.frontends.ui.render import CSS
+from modules.frontends.ui.uploads import UploadFolder
 
 __all__ = ["build_ui", "mount_ui", "make_handlers"]
 
@@ -28,8 +30,12 @@ def make_handlers(service: Service, output_dir: Path | None = None) -> UiHandler
     return UiHandlers(service, OutputStore(folder))
 
 
-def mount_ui(app: FastAPI, service: Service, options: Options) -> None:
-    """Build the Blocks for `service` and serve them at "/" on `app` (log-in from --gradio-auth)."""
+def mount_ui(app: FastAPI, service: Service, options: Options) -> UploadFolder:
+    """Build the Blocks for `service` and serve them at "/" on `app` (log-in from --gradio-auth).
+
+    Uploads go to a folder of ours, swept of files older than --upload-ttl-minutes (returned, so that
+    the server's guard can count uploads); unknown queue calls are a 404 (``GradioCallGuard``)."""
+    uploads = UploadFolder.create(options.upload_ttl_minutes * 60)
     handlers = make_handlers(service)
     blocks = build_ui(handlers)
     auth = parse_auth(options.gradio_auth)
@@ -49,3 +55,7 @@ def mount_ui(app: FastAPI, service: Service, options: Options) -> None:
         theme=gr.themes.Default(),
         css=CSS,
     )
+    app.add_middleware(GradioCallGuard, known_fn=lambda index: index in blocks.fns,
+                       max_body_bytes=int(max_mb * 2**20) if max_mb else 2**30)  # fmt: skip
+    uploads.start()
+    return uploads

@@ -184,15 +184,21 @@ class UiHandlers:
         yield self._final(result)
 
     def _wait(self, future: Future, progress_html: Callable[[dict[str, Any]], str]) -> Generator[tuple, None, Any]:
-        """Poll `future`, yielding the progress bar (and live previews) until it is done; returns its result."""
+        """Poll `future`, yielding the progress bar (and live previews) until it is done; returns its result.
+
+        When Gradio drops the generator (the browser left), the job is cancelled or interrupted."""
         preview_id = -1
-        while True:
-            try:
-                return future.result(timeout=self.poll_seconds)
-            except TimeoutError:
-                progress = self.service.progress()
-                gallery, preview_id = self._preview(progress, preview_id)
-                yield gallery, gr.skip(), gr.skip(), progress_html(progress), gr.skip(), gr.skip()
+        try:
+            while True:
+                try:
+                    return future.result(timeout=self.poll_seconds)
+                except TimeoutError:
+                    progress = self.service.progress()
+                    gallery, preview_id = self._preview(progress, preview_id)
+                    yield gallery, gr.skip(), gr.skip(), progress_html(progress), gr.skip(), gr.skip()
+        finally:
+            if not future.done():
+                self.service.cancel(future)
 
     @staticmethod
     def _failed(message: str) -> tuple:

@@ -133,6 +133,8 @@ AXES: dict[str, Axis] = {
         Axis("Depth source", _choice(lambda: ["MiDaS", "uploaded map"], "depth source"), _depth_source,
              choices=lambda: ["MiDaS", "uploaded map"]),
         Axis("Clip skip", parse_ints, _override("CLIP_stop_at_last_layers")),
+        Axis("Hires steps", parse_ints, _set("hr_second_pass_steps")),  # txt2img with hires. fix
+        Axis("Hires upscaler", lambda items: items, _set("hr_upscaler")),  # names checked when the cell runs
     ]
 }  # fmt: skip
 

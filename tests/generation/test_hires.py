@@ -148,3 +148,20 @@ def test_pass_progress_forwards_everything_else():
     proxy.step(0, 2)
     assert control.state.sampling_step == 4 and control.state.sampling_steps == 5
     assert proxy.interrupted is False
+
+
+def test_xyz_hires_axes_set_the_second_pass(env):
+    import importlib
+
+    from modules.app.extensions import BUILTIN_DIR, ExtensionRegistry
+
+    ExtensionRegistry.load([BUILTIN_DIR])  # the built-in extension's axes, imported as the loader imports them
+    axes = importlib.import_module("sd_extension_builtin_xyz_plot.axes")
+    steps_axis, steps = axes.parse_axis("Hires steps", "1-2", "x")
+    up_axis, ups = axes.parse_axis("Hires upscaler", "Latent,Lanczos", "y")
+    assert steps == [1, 2] and ups == ["Latent", "Lanczos"]
+    cell = up_axis.apply(steps_axis.apply(req(), 2), "Lanczos")
+    assert (cell.hr_second_pass_steps, cell.hr_upscaler) == (2, "Lanczos")
+    r = process(cell, ctx_for(env, "tiny-sd2"))
+    parsed = infotext.parse(r.infotexts[0])
+    assert parsed["Hires steps"] == "2" and parsed["Hires upscaler"] == "Lanczos"

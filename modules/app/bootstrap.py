@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 
+from modules.app.cluster import JobRunner
 from modules.app.extensions import BUILTIN_DIR, ExtensionRegistry
 from modules.app.options import Options
 from modules.app.service import Service
 from modules.core import memory
+from modules.core.errors import UserError
 from modules.core.settings import Settings
 from modules.models import devices
-from modules.models.checkpoints import CheckpointRegistry, HashCache
+from modules.models.checkpoints import CheckpointInfo, CheckpointRegistry, HashCache
 from modules.models.manager import ModelManager
 from modules.models.upscaling import UpscalerRegistry
 
@@ -74,7 +77,40 @@ def create_service(options: Options) -> Service:
         data_dir=data_dir,
         extensions=extensions,
         upscalers=upscalers,
+        jobs=_cluster(options, settings, registry) if options.ray else None,
     )
+
+
+def create_worker_service(options: Options) -> Service:
+    """A cluster worker's own Service (built inside its Ray actor from the driver's options); never saves config.json."""
+    prepare_process(options.log_level)
+    service = create_service(options)
+    service.settings_path = None  # the driver owns the settings; each job brings them
+    return service
+
+
+def _cluster(options: Options, settings: Settings, registry: CheckpointRegistry) -> JobRunner:
+    """--ray: the pool of Ray workers (Ray is imported only here); a refusal is one line and exit status 2."""
+    from modules.app.cluster import ClusterError
+    from modules.app.cluster.start import start_pool
+
+    try:
+        return start_pool(options, create_worker_service, _first_checkpoint(options, settings, registry))
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+def _first_checkpoint(options: Options, settings: Settings, registry: CheckpointRegistry) -> CheckpointInfo | None:
+    """The checkpoint the cluster's workers load at start: --ckpt, the last used one, else the first found."""
+    for alias in (options.ckpt, settings.sd_model_checkpoint):
+        if alias:
+            try:
+                return registry.get(alias)
+            except UserError:
+                continue
+    found = registry.list()
+    return found[0] if found else None
 
 
 def load_initial_model(service: Service, options: Options) -> None:

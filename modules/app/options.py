@@ -64,6 +64,18 @@ def add_setup_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave glibc's allocator as it is (by default freed memory is reused within a job: ~7%% faster on CPU)",
     )
+    add_cluster_flags(parser)
+
+
+def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """--ray ADDRESS, --ray-workers N, --ray-gpus-per-worker G: generation jobs on Ray actors (README: Cluster)."""
+    cluster = parser.add_argument_group("cluster (Ray)")
+    cluster.add_argument("--ray", default=None, metavar="ADDRESS",
+                         help="run generation on a Ray cluster: local (a throwaway instance here), auto (the cluster "
+                         "this machine joined), ray://HOST:10001 or HOST:6379; needs ray[default]")  # fmt: skip
+    cluster.add_argument("--ray-workers", type=int, default=1, help="Ray workers (actors), each with the model loaded")
+    cluster.add_argument("--ray-gpus-per-worker", type=float, default=None, metavar="G",
+                         help="GPUs each worker reserves (default: 1 when the cluster has GPUs, else 0)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +161,9 @@ class Options:
     medvram: bool = False
     lowvram: bool = False
     malloc_default: bool = False
+    ray: str | None = None
+    ray_workers: int = 1
+    ray_gpus_per_worker: float | None = None
     skip_install: bool = False
     venv: Path = ROOT / "venv"
     log_level: str = "INFO"

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from modules.app.checks import check_request, memory_budget
+from modules.app.cluster import JobRunner, SwitchedModel
 from modules.app.extensions import ExtensionRegistry, Script
 from modules.app.worker import Worker
 from modules.core import images, infotext, samplers
@@ -51,8 +52,10 @@ class Service:
         extensions: ExtensionRegistry | None = None,
         worker: Worker | None = None,
         upscalers: upscaling.UpscalerRegistry | None = None,
+        jobs: JobRunner | None = None,
     ):
         self._settings = settings
+        self.jobs = jobs  # generation elsewhere (a Ray actor pool, --ray); None: on self.worker
         self.settings_path = settings_path
         self.registry = registry
         self.models = models
@@ -130,10 +133,13 @@ class Service:
     def refresh_checkpoints(self) -> list[CheckpointInfo]:
         return self.worker.run(lambda _: self.registry.refresh(), "refresh-checkpoints")
 
-    def select_checkpoint(self, alias: str) -> LoadedModel:
+    def select_checkpoint(self, alias: str) -> LoadedModel | SwitchedModel:
         """Switch the current model; waits for the running job, then loads (or reuses) the checkpoint."""
         info = self.registry.get(alias)  # unknown names fail here, before queueing
-        loaded = self.worker.run(lambda _: self.models.load(info), "load-checkpoint")
+        if self.jobs is not None:
+            loaded = self.jobs.select_checkpoint(info)  # every cluster worker, after its running job
+        else:
+            loaded = self.worker.run(lambda _: self.models.load(info), "load-checkpoint")
         self.load_error = None
         with self._settings_lock:
             self._settings = self._settings.override({"sd_model_checkpoint": loaded.info.title})
@@ -141,6 +147,8 @@ class Service:
         return loaded
 
     def current_checkpoint(self) -> CheckpointInfo | None:
+        if self.jobs is not None:
+            return self.jobs.current_checkpoint()
         current = self.models.current
         return current.info if current else None
 
@@ -209,6 +217,8 @@ class Service:
     def submit(self, request: GenerationRequest) -> Future:
         """Queue a request on the worker; the Future gives its GenerationResult (or raises its error)."""
         request = dataclasses.replace(request)
+        if self.jobs is not None:
+            return self.jobs.submit(request, self._settings)
         return self.worker.submit(lambda control: process(request, self.context(control)), "generate")
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -217,20 +227,24 @@ class Service:
 
     def close(self) -> None:
         """Stop the worker (after the running job); the service takes no jobs afterwards."""
+        if self.jobs is not None:
+            self.jobs.close()
         self.worker.stop()
 
     def interrupt(self) -> bool:
-        return self.worker.interrupt()
+        return self.jobs.interrupt() if self.jobs is not None else self.worker.interrupt()
 
     def skip(self) -> bool:
-        return self.worker.skip()
+        return self.jobs.skip() if self.jobs is not None else self.worker.skip()
 
     def cancel(self, future: Future) -> str:
         """Stop one submitted job (its client is gone): "cancelled" if queued, "interrupted" if running, or "done"."""
-        return self.worker.cancel(future)
+        return self.jobs.cancel(future) if self.jobs is not None else self.worker.cancel(future)
 
     def progress(self) -> dict[str, Any]:
         """A1111's /progress fields (the preview as a uint8 array, not yet encoded)."""
+        if self.jobs is not None:
+            return self.jobs.progress()
         control = self.worker.current_control()
         if control is None:
             state = self.worker.last_state()

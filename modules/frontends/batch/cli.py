@@ -162,6 +162,11 @@ def _run_with_bar(service: Service, template: GenerationRequest, options: BatchO
         bar.update(1)
 
     try:
+        if service.jobs is not None:  # --ray: the items run on the cluster's workers, written here
+            from modules.frontends.batch.ray_runner import run_folder_on_cluster
+
+            return run_folder_on_cluster(service, template, options, items, progress,
+                                         lambda line: tqdm.write(line, file=sys.stderr))  # fmt: skip
         return run_folder(service, template, options, progress, items=items)
     finally:
         bar.close()

@@ -343,7 +343,7 @@ def test_blocks_have_a1111_labels_ranges_and_defaults(handlers):
                   "Masked content", "Inpaint area", "Only masked padding, pixels", "Depth source", "Output",
                   "Depth map used", "Image for img2img", "Image for inpainting with mask", "Mask", "Source"):  # fmt: skip
         assert label in by_label, label
-    (denoise,) = by_label["Denoising strength"]
+    (denoise,) = [d for d in by_label["Denoising strength"] if d.elem_id != "txt2img_denoising_strength"]  # not hires
     assert (denoise.minimum, denoise.maximum, denoise.step, denoise.value) == (0, 1, 0.01, 0.75)
     for width in by_label["Width"]:
         assert (width.minimum, width.maximum, width.step, width.value) == (64, 2048, 8, 512)

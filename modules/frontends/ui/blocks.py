@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.frontends.ui import extensions_tab, forms, settings_tab, tabs
+from modules.frontends.ui import extensions_tab, extras_tab, forms, settings_tab, tabs
 from modules.frontends.ui.controls import TabControls
 from modules.frontends.ui.handlers import UiHandlers
 from modules.frontends.ui.outputs import ShownResult
@@ -125,6 +125,8 @@ def build_ui(handlers: UiHandlers) -> gr.Blocks:
                 img2img = tabs.build_img2img_tab(handlers)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = tabs.build_png_info_tab(handlers)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras_tab.build_extras_tab(handlers.service)
             extensions_tab.build_extension_tabs(handlers)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = settings_tab.build_settings_tab(handlers)

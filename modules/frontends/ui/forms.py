@@ -23,6 +23,7 @@ from modules.core.request import (
     RESIZE_MODE_LABELS,
     GenerationRequest,
 )
+from modules.frontends.ui.hires import hires_fields
 
 MODES = ("txt2img", "img2img", "inpaint", "inpaint_upload")
 # which extension tab ("txt2img", "img2img", "inpaint") a mode belongs to: scripts and UI sections are per tab
@@ -223,6 +224,7 @@ def build_request(mode: str, values: dict[str, Any], *, scripts: list[str] | Non
     fields = generation_fields(values)
     if mode == "txt2img":
         fields.update(depth_fields(values, required=False))
+        fields.update(hires_fields(values))
     else:
         fields.update(_init_fields(mode, values))
         fields.update(depth_fields(values, required=True))

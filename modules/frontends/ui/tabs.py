@@ -11,8 +11,9 @@ from typing import Any
 
 import gradio as gr
 
+from modules.core import samplers
 from modules.core.settings import Settings
-from modules.frontends.ui import controls, forms
+from modules.frontends.ui import controls, forms, hires
 from modules.frontends.ui.controls import TabControls
 from modules.frontends.ui.handlers import UiHandlers
 
@@ -112,6 +113,8 @@ def build_txt2img_tab(handlers: UiHandlers) -> TabControls:
         with gr.Column(scale=1, min_width=420):
             fields, seed = _parameters("txt2img", handlers.settings_now(), img2img=False)
             fields.update(controls.depth_controls("txt2img", optional=True).fields)
+            fields.update(hires.hires_controls(handlers.service.hires_upscaler_names(), samplers.sampler_names(),
+                                               list(samplers.SCHEDULE_TYPES)))  # fmt: skip
             sections, scripts = extension_controls(handlers, "txt2img", ("txt2img",))
         with gr.Column(scale=1, min_width=420, elem_id="txt2img_results", elem_classes="sd-results"):
             output = controls.output_panel("txt2img")

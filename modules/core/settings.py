@@ -87,7 +87,9 @@ class Settings:
     ESRGAN_tile_overlap: int = opt(
         8, "Tile overlap for upscaler models, in pixels (less: visible seams)", "Upscaling", minimum=0, maximum=48
     )
-    upscaler_for_img2img: str = opt("None", "Upscaler for img2img (the X/Y/Z plot's Upscaler axis)", "Upscaling")
+    upscaler_for_img2img: str = opt(
+        "None", "Upscaler for img2img (kept for A1111 clients; img2img resizes with Lanczos for now)", "Upscaling"
+    )
     # optimizations (measured in BENCHMARKS.md)
     opt_channels_last: bool = opt(
         False,

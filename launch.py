@@ -78,7 +78,7 @@ def _satisfied(spec: str) -> bool:
 
     name, _, version = spec.partition("==")
     try:
-        installed = metadata.version(name.strip())
+        installed = metadata.version(name.split("[", 1)[0].strip())  # "ray[default]": the extra's name is not the package's
     except metadata.PackageNotFoundError:
         return False
     return not version or installed.split("+", 1)[0] == version.strip()

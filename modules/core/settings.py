@@ -128,15 +128,15 @@ class Settings:
         False, "bfloat16 autocast for the UNet on CPU (lossy; fast only with AVX-512 BF16/AMX)", "Optimizations"
     )
     # limits
-    # raised only from config.json or a logged-in request (limit=True; see raised_limits), never above the maximum
+    # raised only from config.json or a logged-in request (limit=True; see raised_limits), never above the ceiling
     max_output_pixels: int = opt(
         2048 * 2048, "Largest output image, in pixels (width x height)", "Limits", minimum=64 * 64,
-        maximum=8192 * 8192, limit=True,
+        ceiling=8192 * 8192, limit=True,
     )  # fmt: skip
     max_input_pixels: int = opt(8192 * 8192, "Largest accepted input image, in pixels", "Limits", minimum=64 * 64,
-                                maximum=16384 * 16384, limit=True)  # fmt: skip
+                                ceiling=16384 * 16384, limit=True)  # fmt: skip
     max_batch_images: int = opt(64, "Most images one request may make (batch count x batch size)", "Limits", minimum=1,
-                                maximum=1000, limit=True)  # fmt: skip
+                                ceiling=1000, limit=True)  # fmt: skip
     # live preview
     live_previews_enable: bool = opt(True, "Show live previews of the image being generated", "Live previews")
     show_progress_every_n_steps: int = opt(
@@ -262,6 +262,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         raise ValidationError(name, f"{value} is below the minimum {meta['minimum']}")
     if "maximum" in meta and value > meta["maximum"]:
         raise ValidationError(name, f"{value} is above the maximum {meta['maximum']}")
+    if "ceiling" in meta and value > meta["ceiling"]:  # a limit's maximum (the UI keeps a number box, not a slider)
+        raise ValidationError(name, f"{value} is above the maximum {meta['ceiling']}")
     return value
 
 

@@ -85,8 +85,8 @@ def main() -> None:
         service = bootstrap.create_service(opts)
         for r in reqs[:workers]:
             service.generate(r)  # warm-up on each worker
-        one_by_one = [timed(lambda r=r: service.generate(r)) for r in reqs]
-        wall = timed(lambda: [f.result() for f in [service.submit(r) for r in reqs]])
+        one_by_one = [timed(lambda r=r, s=service: s.generate(r)) for r in reqs]
+        wall = timed(lambda s=service: [f.result() for f in [s.submit(r) for r in reqs]])
         service.close()
         over = statistics.median(one_by_one) - statistics.median(compute)
         print(f"{workers} worker(s): {statistics.median(one_by_one) * 1000:.1f} ms per item one at a time "

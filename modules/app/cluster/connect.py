@@ -50,7 +50,7 @@ def probe(address: str, timeout: float = PROBE_SECONDS) -> None:
             pass
     except OSError as e:
         raise ClusterError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e}); "
-                           "start one with `ray start --head` or check the address")  # fmt: skip
+                           "start one with `ray start --head` or check the address") from e  # fmt: skip
 
 
 def connect(address: str, *, num_cpus: int | None = None) -> tuple[ModuleType, bool]:

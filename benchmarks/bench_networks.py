@@ -5,7 +5,7 @@ names them; sd-scripts' default targets: the UNet's transformer blocks, the text
 and MLP; ``--conv`` adds LoCon's ResNet / sampler convolutions) of each ``--ranks`` into a temporary
 folder, then measures for one and for three of them: seconds to merge, seconds per UNet step (batch 2,
 as with guidance) merged and not, seconds to restore, process RSS and the checkpoint mapping's dirty
-pages (0: the memory-mapped weights were never written).
+pages when it is memory-mapped (0: the mapped weights were never written).
 
     python benchmarks/bench_networks.py --ckpt /big/sd2depth_rand1234.safetensors [--ranks 32,128] [--size 512]
 """
@@ -53,16 +53,18 @@ def write_lora(path: Path, modules: list[tuple[str, torch.nn.Module]], rank: int
     return path.stat().st_size
 
 
-def dirty_kb(path: Path) -> int:
-    """Private_Dirty kB of this process' mappings of `path` (written pages of a memory-mapped file)."""
-    total, inside = 0, False
+def dirty_kb(path: Path) -> int | None:
+    """Private_Dirty kB of this process' mappings of `path` (written pages of a memory-mapped file);
+    None when the file is not mapped (``safe_load`` reads weights into memory by default)."""
+    total, inside, mapped = 0, False, False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         head = line.split()
         if head and "-" in head[0] and ":" not in head[0]:
-            inside = line.endswith(str(path))
+            inside = line.removesuffix(" (deleted)").endswith(str(path))
+            mapped = mapped or inside
         elif inside and line.startswith("Private_Dirty:"):
             total += int(head[1])
-    return total
+    return total if mapped else None
 
 
 def step_seconds(model, size: int, repeats: int) -> float:
@@ -120,6 +122,7 @@ def main() -> None:
     model = model_manager(ckpt, device=args.device).load(ckpt.name).model
     report = {"machine": machine(), "settings": vars(args), "load_s": time.perf_counter() - t0, "rows": []}
     report["rss_loaded_mb"] = rss_mb()
+    step_seconds(model, args.size, 1)  # warm-up: first-call costs out of the timed steps
     report["step_plain_s"] = step_seconds(model, args.size, args.repeats)
     report["rss_paged_in_mb"] = rss_mb()
     print(f"loaded in {report['load_s']:.1f}s; step without networks {report['step_plain_s']:.2f}s; "

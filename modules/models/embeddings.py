@@ -200,6 +200,11 @@ class EmbeddingDatabase:
                 self.loaded[emb.name] = emb
                 self._lookup.add(ids, emb)
 
+    @property
+    def key(self) -> str:
+        """Changes whenever what is loaded may have changed (files, tokenizer, width): for conditioning caches."""
+        return hashlib.sha256(repr(self._signature).encode()).hexdigest()[:16]
+
     def listing(self) -> dict[str, dict[str, dict[str, Any]]]:
         """``GET /sdapi/v1/embeddings``: A1111's ``{loaded: {name: ...}, skipped: {name: ...}}``."""
         with self._lock:

@@ -71,8 +71,10 @@ def test_every_file_layout_loads_and_the_listing_is_a1111s(model, emb_dir):
     assert listing["skipped"] == {"sd1only": {"step": 9, "sd_checkpoint": "abcdef1234",
                                               "sd_checkpoint_name": "tiny-depth", "shape": 768, "vectors": 4}}  # fmt: skip
     assert not db.failed
-    assert db.refresh(model.tokenizer, 128) is False  # nothing changed: no rescan
+    key = db.key
+    assert db.refresh(model.tokenizer, 128) is False and db.key == key  # nothing changed: no rescan
     assert db.refresh(model.tokenizer, 768) is True and set(db.listing()["loaded"]) == {"sd1only"}
+    assert db.key != key
 
 
 def test_an_embedding_of_two_words_encodes_as_those_words(model, emb_dir):

@@ -81,6 +81,24 @@ def weight_change(kind: str, w: Tensors) -> torch.Tensor:
     return REBUILD[kind](w)
 
 
+def _smallest_factor(kind: str, w: Tensors) -> str:
+    """The tensor a constant factor is best applied to (the change is linear in it)."""
+    if kind == "lora":
+        return "lora_up.weight"
+    if kind == "loha":
+        return "hada_w1_a"
+    if kind == "lokr":
+        return "lokr_w1" if "lokr_w1" in w else "lokr_w1_a"
+    return "diff"
+
+
+def scaled_change(kind: str, w: Tensors, factor: float) -> torch.Tensor:
+    """``factor * weight_change(kind, w)``, the factor applied to one small factor tensor (one pass fewer
+    over the weight-sized result); always a new tensor, never a view of `w`'s tensors."""
+    key = _smallest_factor(kind, w)
+    return weight_change(kind, {**w, key: w[key] * factor})
+
+
 def rank(kind: str, w: Tensors) -> int | None:
     """The rank that `alpha` is divided by; None where alpha does not apply (LoKr without a low-rank factor)."""
     if kind == "lora":

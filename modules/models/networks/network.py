@@ -37,10 +37,10 @@ class ModulePatch:
     def scale(self) -> float:
         return formulas.scale(self.kind, self.tensors, self.alpha)
 
-    def change(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The weight change times ``alpha / rank`` (not yet times the multiplier), float32, unshaped."""
+    def change(self, device: torch.device | str = "cpu", multiplier: float = 1.0) -> torch.Tensor:
+        """The weight change times ``multiplier * alpha / rank``, float32, unshaped (a new tensor)."""
         w = {k: v.to(device, torch.float32) for k, v in self.tensors.items()}
-        return formulas.weight_change(self.kind, w) * self.scale
+        return formulas.scaled_change(self.kind, w, multiplier * self.scale)
 
     def change_shape(self) -> torch.Size:
         """The shape of :meth:`change`, computed on the meta device (no arithmetic)."""

@@ -6,9 +6,9 @@ text-encoder multiplier for text-encoder modules, the UNet one for UNet modules)
 with its default (non-"functional") method.  Asking again for the set that is applied does nothing;
 asking for another set restores the original weights first.  ``apply(model, [])`` restores them.
 
-Merged weights are new tensors (see ``swap``), so a memory-mapped checkpoint is never written:
-the original pages stay clean and shared with the page cache, and merging costs new memory only
-for the weights the networks change.  Everything a request needs is read and checked before any
+Merged weights are new tensors (see ``swap``): the original tensors are kept, not copied, and a
+memory-mapped checkpoint is never written; merging costs new memory only for the weights the
+networks change.  Everything a request needs is read and checked before any
 weight changes, so a request that fails leaves the model as it was.
 """
 
@@ -170,7 +170,9 @@ def merge_module(state: _ModelState, module: torch.nn.Module, patches: list[tupl
     """``W + sum(m * change)`` (and the bias for full diffs) as new tensors; returns the tensors set."""
     weight = module.weight
     base = state.backup.original(weight)
-    change = sum(formulas.fit_to(p.change(base.device), base.shape) * m for p, m in patches)
+    change = formulas.fit_to(patches[0][0].change(base.device, patches[0][1]), base.shape)
+    for patch, m in patches[1:]:
+        change.add_(formulas.fit_to(patch.change(base.device, m), base.shape))
     state.backup.replace(module, weight, _added(base, change))
     biases = [(p.bias_change(base.device), m) for p, m in patches if "diff_b" in p.tensors]
     if not biases or module.bias is None:
@@ -181,8 +183,11 @@ def merge_module(state: _ModelState, module: torch.nn.Module, patches: list[tupl
 
 
 def _added(base: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
-    """``base + change`` computed in float32 into a new tensor laid out like `base`."""
+    """``base + change`` computed in float32, as a new tensor laid out like `base`.
+
+    `change` is a new float32 tensor of ours: where it is laid out as `base`, the sum is written into
+    it (one weight-sized allocation and pass fewer; float addition is commutative, so same bits)."""
+    if base.dtype == change.dtype and base.device == change.device and base.stride() == change.stride():
+        return change.add_(base)
     out = torch.empty_like(base)
-    if base.dtype == torch.float32:
-        return torch.add(base, change, out=out)
     return out.copy_(base.float() + change)

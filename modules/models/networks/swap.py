@@ -1,9 +1,10 @@
 """Swapping a parameter's tensor for another while keeping the original tensor for an exact restore.
 
-A checkpoint's weights are memory-mapped from its file (``safe_load``): writing into them in place
-would copy every touched page into private memory (and leave the model's weights changed until
-reloaded).  So a merged or replaced weight is a new tensor set as ``param.data``; the original
-tensor object is kept untouched and put back on restore.  If the model was moved (device, dtype,
+A merged or replaced weight is a new tensor set as ``param.data``; the original tensor is kept
+untouched and put back on restore.  So nothing is copied for a backup (A1111 copies each weight it
+changes, then writes into it), and where the weights are views of a memory-mapped file
+(``safe_load.read_state_dict(mmap=True)``) no page of the mapping is ever written (an in-place write
+would copy every touched page into private memory).  If the model was moved (device, dtype,
 memory format) in between, the original is converted as the move converted the weights, so the
 restored weights are what the model would hold had nothing been swapped.
 

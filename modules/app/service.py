@@ -305,6 +305,49 @@ class Service:
 
         return self.worker.run(work, "extras")
 
+    # --- what the app has, as A1111's listing endpoints name it ---------------------------------
+    def realesrgan_models(self) -> list[dict[str, Any]]:
+        """The upscaler files under models/RealESRGAN: ``{name, path, scale}``."""
+        registry = self.upscaler_registry
+        found = [u for u in registry.upscalers() if u.kind == "RealESRGAN"]
+        return [{"name": u.name, "path": str(u.path), "scale": int(registry.scale_of(u) or 4)} for u in found]
+
+    def vae_files(self) -> list[dict[str, str]]:
+        """``/sdapi/v1/sd-vae`` (``{model_name, filename}``); empty until VAE files are wired into the service."""
+        return []
+
+    def unet_files(self) -> list[dict[str, str]]:
+        """``/sdapi/v1/sd-modules``: separate UNet files (A1111's SD Unet option); this program has none."""
+        return []
+
+    def hypernetworks(self) -> list[dict[str, str]]:
+        """Hypernetworks are not supported: always empty."""
+        return []
+
+    def face_restorers(self) -> list[dict[str, str]]:
+        """Face restoration is out of scope: always empty."""
+        return []
+
+    def prompt_styles(self) -> list[dict[str, str]]:
+        """Prompt styles are not supported yet: empty."""
+        return []
+
+    def embeddings(self) -> dict[str, dict[str, Any]]:
+        """``{loaded, skipped}`` by embedding name; empty until embeddings are wired into the service."""
+        return {"loaded": {}, "skipped": {}}
+
+    def loras(self) -> list[dict[str, Any]]:
+        """``{name, alias, path, metadata}`` per LoRA file; empty until networks are wired into the service."""
+        return []
+
+    def checkpoint_has_depth(self, alias: str | None = None) -> bool | None:
+        """Whether the checkpoint a request would use (``alias``, else the current one) takes a depth map;
+        None when that is not known before loading it (not the loaded one, or nothing loaded)."""
+        current = self.models.current
+        if current is None or (alias and alias not in current.info.aliases):
+            return None
+        return current.model.is_depth
+
     # --- depth and image info -------------------------------------------------------------------
     def estimate_depth(self, image: bytes) -> np.ndarray:
         """MiDaS depth of an image at its own size (rounded to multiples of 8), float32 in [0, 1], white = near."""

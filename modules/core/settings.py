@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import ImageColor
 
+from modules.core.a1111_options import A1111_OPTIONS, check_value
 from modules.core.errors import UserError, ValidationError
 from modules.core.fileio import atomic_write_text
 
@@ -144,14 +145,21 @@ class Settings:
     )
     # extensions
     disabled_extensions: list = opt([], "Disabled extensions", "Extensions")
+    # A1111 options with no setting here (core.a1111_options): accepted, persisted, no effect; not in the UI
+    a1111_options: dict = field(default_factory=dict, metadata={"label": "A1111 options", "a1111": True})
 
     # --- API ----------------------------------------------------------------------------------------
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    @classmethod
+    def inert_option_names(cls) -> set[str]:
+        """A1111 option names this program has no setting for (kept in ``a1111_options``, no effect)."""
+        return set(A1111_OPTIONS) - set(cls.field_names())
+
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else v) for f in fields(self)}
+        return {f.name: _copy(getattr(self, f.name)) for f in fields(self)}
 
     def override(self, values: dict[str, Any], *, strict: bool = True) -> Settings:
         """A copy with `values` applied, each validated; unknown names are errors when `strict`."""
@@ -182,6 +190,12 @@ class Settings:
             log.warning("settings file %s is not a JSON object; using defaults", path)
             return base
         good = {}
+        stored = data.get("a1111_options") if isinstance(data.get("a1111_options"), dict) else {}
+        for name in set(stored) & set(cls.field_names()):  # an A1111 option that has become a setting
+            data.setdefault(name, stored.pop(name))
+        inert = {k: data.pop(k) for k in cls.inert_option_names() & set(data)}  # A1111's flat config.json
+        if inert:
+            data["a1111_options"] = {**inert, **stored}
         for name, value in data.items():
             try:
                 base.override({name: value})
@@ -228,6 +242,8 @@ def check_limit_raise(current: Settings, values: dict[str, Any], *, allowed: boo
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     """Check one value against its field's type and range; raise ValidationError naming it."""
     name, meta = f.name, f.metadata
+    if meta.get("a1111"):
+        return _check_a1111_options(value)
     kind = type(f.default) if f.default is not dataclasses.MISSING else list
     if kind is bool:
         if not isinstance(value, bool):
@@ -265,6 +281,26 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if "ceiling" in meta and value > meta["ceiling"]:  # a limit's maximum (the UI keeps a number box, not a slider)
         raise ValidationError(name, f"{value} is above the maximum {meta['ceiling']}")
     return value
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+
+
+def _check_a1111_options(value: Any) -> dict[str, Any]:
+    """``a1111_options``: only A1111 names this program has no setting for, each value of its type, bounded."""
+    if not isinstance(value, dict):
+        raise ValidationError("a1111_options", f"expected an object of A1111 option names, got {value!r}")
+    inert = Settings.inert_option_names()
+    out = {}
+    for name, item in value.items():
+        if name not in inert:
+            raise ValidationError(str(name)[:80], "not an A1111 option without a setting here")
+        try:
+            out[name] = check_value(name, item)
+        except ValueError as e:
+            raise ValidationError(name, str(e)) from e
+    return out
 
 
 def summarise_names(names: list[str], shown: int = 10, width: int = 60) -> str:

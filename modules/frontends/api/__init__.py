@@ -19,7 +19,7 @@ from modules.app.service import Service
 from modules.frontends.auth_throttle import AuthThrottle
 
 from .middleware import ApiGuard
-from .routes import build_router, validation_error
+from .routes import build_controlnet_router, build_router, validation_error
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ __all__ = ["guard_app", "mount_api"]
 def mount_api(app: FastAPI, service: Service, options: Options, throttle: AuthThrottle | None = None) -> None:
     """Add the /sdapi/v1 routes, HTTP Basic auth (--api-auth), the body limit (--max-body-mb) and timing."""
     app.include_router(build_router(service, options))
+    app.include_router(build_controlnet_router(service))
     app.add_exception_handler(RequestValidationError, validation_error)
     credentials, max_body = guard_app(app, options, throttle)
     log.info(

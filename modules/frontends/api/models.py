@@ -71,7 +71,7 @@ DESCRIPTIONS = {
     "inpainting_mask_invert": "0 inpaint masked, 1 inpaint not masked.",
     "alwayson_scripts": 'Extension arguments by extension name: {"<name>": {"args": {...}}} or {"<name>": {...}}.',
     "script_name": "A selectable script by title (see /sdapi/v1/scripts), e.g. 'X/Y/Z plot'.",
-    "script_args": "The script's arguments by name (an object); A1111's positional list is refused.",
+    "script_args": "The script's arguments by name (an object); A1111's positional list for X/Y/Z plot and SD upscale.",
     "override_settings": "Options for this request only (see /sdapi/v1/options); sd_model_checkpoint switches the model.",
     "save_images": "Also save the images in the outputs folder (the API default is not to).",
     "seed": "-1 for a random seed.",

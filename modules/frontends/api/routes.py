@@ -28,9 +28,8 @@ from modules.app.options import Options
 from modules.app.service import Service
 from modules.core import samplers
 from modules.core.errors import CheckpointNotFoundError, UserError, ValidationError
-from modules.core.settings import Settings
 
-from . import extras, payloads
+from . import a1111_lists, controlnet, extras, payloads, script_args
 from .disconnect import wait_for_client
 from .models import (
     DepthResponse,
@@ -107,8 +106,6 @@ def _cut(value: Any) -> Any:
     return value
 
 
-
-
 def _json_safe(value: Any) -> Any:
     """NaN and infinities (which a request may carry, and JSON cannot) as text."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -148,6 +145,15 @@ def build_router(service: Service, options: Options) -> APIRouter:
     add("/memory", api.memory, methods=["GET"])
     add("/scripts", api.scripts, methods=["GET"], response_model=ScriptsList)
     extras.add_routes(router, service)
+    a1111_lists.add_routes(router, service)
+    return router
+
+
+def build_controlnet_router(service: Service) -> APIRouter:
+    """sd-webui-controlnet's /controlnet routes (depth only: they drive the SD2 depth model)."""
+    router = APIRouter(prefix="/controlnet", route_class=ApiRoute, tags=["controlnet"], responses=_ERRORS,
+                       default_response_class=ApiJSONResponse)  # fmt: skip
+    controlnet.add_routes(router, service)
     return router
 
 
@@ -157,6 +163,7 @@ class Api:
     def __init__(self, service: Service, options: Options):
         self.service = service
         self.options = options
+        self.option_writer = a1111_lists.OptionWriter()
 
     # --- generation -------------------------------------------------------------------------------
     def img2img(self, body: Img2ImgRequest, http: Request) -> dict[str, Any]:
@@ -175,10 +182,15 @@ class Api:
         for name, value in body.model_dump().items():
             payloads.check_unicode(value, name)
         self._name_script_args(body)
+        units = controlnet.take_units(body)  # before the warnings: ControlNet is no extension here
         warnings = self._request_warnings(body)
+        if isinstance(body.script_args, list) and script_args.is_xyz(body.script_name):
+            body.script_args = script_args.named_args(body.script_args, img2img=img2img, warnings=warnings)
         payloads.apply_infotext(body, warnings, self._known_checkpoint)
         overrides = payloads.check_override_settings(body.override_settings, self.service.settings, warnings)
         body.override_settings = overrides
+        controlnet.check_depth_image(body, self.service)
+        controlnet.apply_units(body, units, self.service, warnings)
         request = payloads.to_generation_request(body, img2img=img2img)
         self.service.check(request)  # every refusal before queueing (a 404 for an unknown checkpoint)
         settings = self.service.settings.override(overrides, strict=False)
@@ -268,8 +280,8 @@ class Api:
 
     # --- options and models -----------------------------------------------------------------------
     def get_options(self) -> dict[str, Any]:
-        """All options; ``sd_model_checkpoint`` is the loaded checkpoint's title."""
-        out = self.service.settings.to_dict()
+        """All options (ours, then A1111's names); ``sd_model_checkpoint`` is the loaded checkpoint's title."""
+        out = a1111_lists.options_view(self.service.settings)
         current = self.service.current_checkpoint()
         if current is not None:
             out["sd_model_checkpoint"] = current.title
@@ -278,11 +290,7 @@ class Api:
     def set_options(self, body: Annotated[dict[str, Any], Body()]) -> None:
         """Validate and apply options (persisted); ``sd_model_checkpoint`` switches the model."""
         payloads.check_unicode(body, "options")
-        known = set(Settings.field_names())
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise ValidationError(unknown[0][:100], f"unknown option; known: {', '.join(sorted(known))}")
-        values = dict(body)
+        values = self.option_writer.values(body, self.service.settings)  # A1111 names kept; others a 422
         ckpt = values.get("sd_model_checkpoint")
         if ckpt is not None:
             payloads.check_checkpoint_name(ckpt, "sd_model_checkpoint")

@@ -16,7 +16,7 @@ from modules.core import samplers
 from modules.core.settings import Settings
 from modules.frontends.ui.handlers import UiHandlers
 
-SKIPPED = {"sd_model_checkpoint", "disabled_extensions"}  # chosen in the top bar / the Extensions tab
+SKIPPED = {"sd_model_checkpoint", "disabled_extensions", "a1111_options"}  # top bar / Extensions tab / API only
 DYNAMIC_CHOICES = {"default_sampler": samplers.sampler_names}
 
 

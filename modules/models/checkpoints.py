@@ -29,7 +29,7 @@ from modules.core.errors import CheckpointError, CheckpointNotFoundError
 from modules.core.fileio import atomic_write_text
 from modules.models import ldm_config as model_config
 from modules.models import safe_load as ckpt_io
-from modules.models.precision import PrecisionPlan, release_file_pages
+from modules.models.precision import PrecisionPlan
 from modules.models.sd_model import StableDiffusionModel, build_model, looks_like_v_prediction
 
 log = logging.getLogger(__name__)
@@ -366,13 +366,6 @@ def load_model(
     config, source = resolve_config(checkpoint_path, sd, config_path)
     model_config.check_matches(config, sd)
     model = build_model(config, sd, device=device, dtype=dtype, timings=timings, precision=precision)
-    if precision is not None and model.dtype != torch.float32 and model.device.type == "cpu":
-        # The converted UNet's float32 pages leave the resident set (the rest of the file stays mapped).
-        unet = [t for k, t in sd.items() if k.startswith("model.diffusion_model.") and t.dtype == torch.float32]
-        freed = release_file_pages(unet, checkpoint_path)
-        if freed:
-            log.info("%s: %d MiB of float32 UNet pages released after the %s conversion", checkpoint_path.name,
-                     freed >> 20, str(model.dtype).removeprefix("torch."))  # fmt: skip
     if source.startswith("detected") and config.family == "sd2":
         t1 = time.perf_counter()
         if looks_like_v_prediction(model.unet):

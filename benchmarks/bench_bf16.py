@@ -234,7 +234,10 @@ def main() -> None:
             for arm in arms_list if run % 2 == 0 else arms_list[::-1]:  # ABBA order
                 img_path = tmp / f"{arm}.npy"
                 cmd = [*base, "--samplers", name, "--child", arm, "--image-out", str(img_path)]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(f"{name} run {run + 1} {arm}: failed (exit {out.returncode}):\n{out.stderr[-3000:]}", flush=True)
+                    continue
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 images[arm] = np.load(img_path)
                 times[arm].append(row["seconds"])
@@ -242,6 +245,7 @@ def main() -> None:
                 rss[arm].append(row["peak_rss_mb"])
                 print(f"{name} run {run + 1} {arm:15s} {row['seconds']:7.1f}s  peak RSS {row['peak_rss_mb']:,.0f} MiB"
                       f"  load {row['load']:.2f}", flush=True)  # fmt: skip
+        times, stages, rss = ({a: v for a, v in d.items() if v} for d in (times, stages, rss))
         entry = vs.summarize(times, stages, against="diffusers" if "diffusers" in arms_list else arms_list[-1])
         entry["vs_ours"] = {}
         entry["peak_rss_mb"] = {arm: max(v) for arm, v in rss.items()}

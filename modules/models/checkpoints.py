@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from modules.core.errors import CheckpointError, CheckpointNotFoundError
+from modules.core import memory
 from modules.core.fileio import atomic_write_text
 from modules.models import ldm_config as model_config
 from modules.models import safe_load as ckpt_io
-from modules.models.precision import PrecisionPlan
+from modules.models.precision import PrecisionPlan, release_file_pages
 from modules.models.sd_model import StableDiffusionModel, build_model, looks_like_v_prediction
 
 log = logging.getLogger(__name__)
@@ -366,6 +367,14 @@ def load_model(
     config, source = resolve_config(checkpoint_path, sd, config_path)
     model_config.check_matches(config, sd)
     model = build_model(config, sd, device=device, dtype=dtype, timings=timings, precision=precision)
+    if precision is not None and model.dtype != torch.float32 and model.device.type == "cpu":
+        # With a mapped file (mmap=True) the converted UNet's float32 pages leave the resident set now (the
+        # rest stays mapped); read into memory (the default), they are freed with `sd` below.
+        unet = [t for k, t in sd.items() if k.startswith("model.diffusion_model.") and t.dtype == torch.float32]
+        freed = release_file_pages(unet, checkpoint_path)
+        if freed:
+            log.info("%s: %d MiB of float32 UNet pages released after the %s conversion", checkpoint_path.name,
+                     freed >> 20, str(model.dtype).removeprefix("torch."))  # fmt: skip
     if source.startswith("detected") and config.family == "sd2":
         t1 = time.perf_counter()
         if looks_like_v_prediction(model.unet):
@@ -375,6 +384,8 @@ def load_model(
             source += " (v-prediction)"
         timings["v-prediction test"] = time.perf_counter() - t1
     del sd
+    if precision is not None and model.dtype != torch.float32:
+        memory.release_freed_memory()  # the float32 UNet's freed tensors back to the OS, not kept in the heap
     log.info("%s: config %s (%s)", checkpoint_path.name, config.path.name, source)
     log.info("%s", model.report.summary())
     return model

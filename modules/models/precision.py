@@ -267,3 +267,60 @@ def plan_for(
             plan = PrecisionPlan(torch.float32, torch.float32, torch.float32, torch.float32, reason, result)
     log.info("Precision: %s (%s)", plan.label, plan.reason)
     return plan
+
+
+# --- the float32 file pages a converted component no longer needs ----------------------------------------
+
+
+def _file_mappings(path: str) -> list[tuple[int, int]]:
+    """(start, end) of this process's mappings of `path` (Linux /proc/self/maps; [] elsewhere)."""
+    out = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and parts[5].strip() == path:
+                    start, end = (int(x, 16) for x in parts[0].split("-"))
+                    out.append((start, end))
+    except OSError:
+        return []
+    return out
+
+
+def release_file_pages(tensors, path) -> int:
+    """Drop from the resident set the pages of `tensors` that lie wholly inside a memory mapping of the
+    checkpoint file `path` (``madvise(MADV_DONTNEED)``); returns the bytes released.
+
+    For a bfloat16 UNet made from a memory-mapped float32 file: the float32 tensors are no longer used,
+    but the mapping stays (the VAE, text encoder and MiDaS are views into it), so the UNet's pages
+    read during the conversion would stay resident (3.3 GB for SD2). Only file-backed pages are
+    touched, and only whole pages inside a tensor: such a page, if anything read it again, would be
+    read back from the file unchanged. Anonymous memory (a pickle read without mmap) is never
+    released here. A no-op where this is not Linux.
+    """
+    import ctypes
+    import mmap
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return 0
+    maps = _file_mappings(str(os.path.realpath(path)))
+    if not maps:
+        return 0
+    page = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    released = 0
+    seen = set()
+    for t in tensors:
+        storage = t.untyped_storage()
+        start, size = storage.data_ptr(), storage.nbytes()
+        if start in seen or size < page:
+            continue
+        seen.add(start)
+        lo, hi = -(-start // page) * page, (start + size) // page * page
+        if hi <= lo or not any(a <= lo and hi <= b for a, b in maps):
+            continue
+        if libc.madvise(lo, hi - lo, 4) == 0:  # MADV_DONTNEED
+            released += hi - lo
+    return released

@@ -71,7 +71,8 @@ def _generate(mm: ModelManager, tmp_path, sampler: str = "Euler a") -> np.ndarra
 
 def test_probe_is_short_and_gives_figures():
     result = precision.measure(reps=2)
-    assert result.seconds < 1.0  # well under a second even on a shared CPU (AVX2 stops after screening)
+    # ~0.4 s on a quiet 2-core machine; its budget is in CPU time, so a busy shared CPU stretches the wall time
+    assert result.seconds < 10.0
     assert result.matmul_fp32_ms > 0 and result.matmul_bf16_ms > 0
     assert "matmul fp32" in result.summary() and isinstance(result.fast, bool)
 
@@ -212,3 +213,19 @@ def sdpa_inputs(monkeypatch) -> list[torch.dtype]:
     seen, real = [], F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **kw: seen.append(q.dtype) or real(q, *a, **kw))
     return seen
+
+
+def test_released_file_pages_read_back_unchanged(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.randn(256, 1024), "b": torch.randn(300)}, str(path))
+    from modules.models import safe_load
+
+    sd = safe_load.read_state_dict(path, mmap=True)
+    before = {k: v.clone() for k, v in sd.items()}
+    float(sd["a"].sum())  # paged in
+    freed = precision.release_file_pages([sd["a"]], path)
+    assert freed > 0 and freed <= sd["a"].nbytes  # whole pages inside the tensor only
+    assert all(torch.equal(sd[k], before[k]) for k in sd)  # read back from the file
+    assert precision.release_file_pages([before["a"]], path) == 0  # anonymous memory is never released

@@ -150,7 +150,9 @@ def test_webuiapi_controlnet_unit(server):
     api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
     depth = Image.fromarray(np.tile(np.linspace(255, 0, W), (H, 1)).astype(np.uint8))
     u = webuiapi.ControlNetUnit(image=depth, module="none", model=controlnet.MODEL_NAME, weight=0.5)
-    out = api.txt2img(prompt="a castle", width=W, height=H, steps=2, seed=11, controlnet_units=[u])
+    # alwayson_scripts given: webuiapi would otherwise add the unit to its shared default dict, and every
+    # later txt2img call of the process (other test modules' too) would send it again
+    out = api.txt2img(prompt="a castle", width=W, height=H, steps=2, seed=11, controlnet_units=[u], alwayson_scripts={})
     warnings = out.info["warnings"]
     assert out.image.size == (W, H) and any("weight" in w for w in warnings), warnings
 

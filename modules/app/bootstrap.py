@@ -21,7 +21,7 @@ from modules.app.service import Service
 from modules.core import memory
 from modules.core.errors import UserError
 from modules.core.settings import Settings
-from modules.models import devices
+from modules.models import devices, precision
 from modules.models.checkpoints import CheckpointInfo, CheckpointRegistry, HashCache
 from modules.models.manager import ModelManager
 from modules.models.upscaling import UpscalerRegistry
@@ -52,6 +52,7 @@ def create_service(options: Options) -> Service:
     dtype = devices.resolve_dtype(device, options.precision, options.no_half)
     log.info("Device: %s", devices.describe(device, dtype))
     offload_mode = devices.offload_mode(device, options.medvram, options.lowvram)
+    plan = precision.plan_for(device, options.precision, options.no_half, cpu_bf16=options.cpu_bf16)
     registry = CheckpointRegistry(options.model_folders(), HashCache(data_dir / "cache.json"),
                                   hashing=not options.no_hashing, allow_links_out=options.allow_symlinks_out)  # fmt: skip
     found = registry.refresh()
@@ -64,6 +65,7 @@ def create_service(options: Options) -> Service:
         keep_in_memory=settings.sd_checkpoints_limit,
         keep_in_cpu=settings.sd_checkpoints_keep_in_cpu,
         offload_mode=offload_mode,
+        precision=plan,
     )
     extensions = ExtensionRegistry.load([BUILTIN_DIR, data_dir / "extensions"], settings.disabled_extensions)
     upscalers = UpscalerRegistry(data_dir, options.upscaler_dir or (), device=device,

@@ -47,6 +47,13 @@ def add_setup_flags(parser: argparse.ArgumentParser) -> None:
         help="full: float32 everywhere; autocast: float16 (bfloat16 where supported) on GPU, float32 on CPU",
     )
     compute.add_argument("--no-half", action="store_true", help="keep the model in float32 (same as --precision full)")
+    compute.add_argument(
+        "--cpu-bf16",
+        default=None,
+        choices=["auto", "on", "off"],
+        help="CPU with --precision autocast: bfloat16 UNet weights when a start-up probe measures bfloat16 fast "
+        "(auto; AMX / AVX-512 BF16 CPUs), always (on) or never (off); default: $SD_CPU_BF16, else auto",
+    )
     vram = compute.add_mutually_exclusive_group()
     vram.add_argument(
         "--medvram",
@@ -158,6 +165,7 @@ class Options:
     device: str = "auto"
     precision: str = "autocast"
     no_half: bool = False
+    cpu_bf16: str | None = None
     medvram: bool = False
     lowvram: bool = False
     malloc_default: bool = False

@@ -376,6 +376,10 @@ class Service:
             }
         return out
 
+    def precision_info(self) -> dict[str, Any]:
+        """What the weights run in (label, dtype per part, why: the CPU probe's figures or the flag)."""
+        return self.models.precision_info()
+
 
 def _state_dict(state, *, busy: bool) -> dict[str, Any]:
     return {

@@ -30,7 +30,7 @@ def collect(job: Job, idx: list[int], seeds: list[int], subseeds: list[int], img
             request, prompt=request.prompt, negative_prompt=request.negative_prompt, seed=seeds[j],
             subseed=subseeds[j], sampler=job.sampler.name, schedule=job.schedule, model_name=result.model_name,
             model_hash=result.model_hash or None, clip_skip=job.settings.CLIP_stop_at_last_layers,
-            depth_source=job.inputs.depth_label, extra=hooks.infotext_fields(request),
+            depth_source=job.inputs.depth_label, extra={**precision_field(job), **hooks.infotext_fields(request)},
         )  # fmt: skip
         result.images.append(img)
         result.infotexts.append(text)
@@ -41,6 +41,12 @@ def collect(job: Job, idx: list[int], seeds: list[int], subseeds: list[int], img
         if dmap is not None:
             result.depth_maps.append(dmap)
         save(result, request, job.settings, job.ctx.data_dir, img, dmap, seeds[j], text)
+
+
+def precision_field(job: Job) -> dict[str, str]:
+    """``Precision: bf16 UNet`` when the model does not run in plain float32 (float32 infotext unchanged)."""
+    label = job.model.precision_label
+    return {} if label == "fp32" else {"Precision": label}
 
 
 def outdirs(request: GenerationRequest, settings: Settings, data_dir: Path) -> tuple[Path, Path]:

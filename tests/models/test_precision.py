@@ -229,3 +229,31 @@ def test_released_file_pages_read_back_unchanged(tmp_path):
     assert freed > 0 and freed <= sd["a"].nbytes  # whole pages inside the tensor only
     assert all(torch.equal(sd[k], before[k]) for k in sd)  # read back from the file
     assert precision.release_file_pages([before["a"]], path) == 0  # anonymous memory is never released
+
+
+# --- what the user sees: infotext and /sdapi/v1/cmd-flags ---------------------------------------------
+
+
+def test_the_infotext_records_bf16_and_float32_infotext_is_unchanged(depth_ckpt, tmp_path):
+    def infotext(plan) -> str:
+        mm = _manager(tmp_path, depth_ckpt, plan=plan, keep=1)
+        request = GenerationRequest(prompt="a house", init_images=[png()], width=W, height=H, steps=2, seed=7,
+                                    save_images=False)  # fmt: skip
+        return process(request, ProcessingContext(mm, Settings(), tmp_path, hooks=Hooks())).infotexts[0]
+
+    assert "Precision: bf16 UNet" in infotext(bf16_plan())
+    assert "Precision" not in infotext(precision.plan_for(CPU, "full"))
+
+
+def test_the_command_line_flag_reaches_the_model_and_cmd_flags(depth_ckpt, tmp_path, monkeypatch):
+    import httpx
+
+    from tests.helpers.server import populate, running_server
+
+    monkeypatch.setenv("SD_CPU_BF16", "off")  # the flag must win over the environment
+    populate(tmp_path, depth_ckpt)
+    with running_server(tmp_path, "--nowebui", "--cpu-bf16", "on") as srv:
+        srv.app.service.select_checkpoint("tiny-depth")
+        flags = httpx.get(srv.url + "/sdapi/v1/cmd-flags").json()
+        assert flags["cpu_bf16"] == "on" and flags["precision_in_use"] == "bf16 UNet"
+        assert srv.app.service.precision_info()["label"] == "bf16 UNet"

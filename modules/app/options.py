@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--upload-ttl-minutes", type=float, default=60.0, help="web UI uploads are deleted after this many minutes"
     )
+    net.add_argument("--theme", choices=["default", "light", "dark"], default="default",
+                     help="the web UI's colours (a ?__theme=light|dark in the page's address wins)")  # fmt: skip
 
     add_setup_flags(p)
 
@@ -155,6 +157,7 @@ class Options:
     cors_allow_origins: str | None = None
     max_upload_files: int = 16
     upload_ttl_minutes: float = 60.0
+    theme: str = "default"
     ckpt_dir: Path | None = None
     upscaler_dir: list[Path] | None = None
     ckpt: str | None = None

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modules.app import prompt_tokens
 from modules.app.checks import check_request, memory_budget
 from modules.app.cluster import JobRunner, SwitchedModel
 from modules.app.extensions import ExtensionRegistry, Script
@@ -358,6 +359,11 @@ class Service:
     def png_info(data: bytes) -> tuple[str, dict[str, str]]:
         text = images.read_infotext(data) or ""
         return text, (infotext.parse(text) if text else {})
+
+    def token_count(self, text: str) -> tuple[int, int]:
+        """The prompt counter's (tokens, limit in chunks of 75), with the loaded model's tokenizer."""
+        model = self.models.current.model if self.models.current is not None else None
+        return prompt_tokens.count_tokens(text, getattr(model, "tokenizer", None), self._settings.comma_padding_backtrack)
 
     def memory(self) -> dict[str, Any]:
         import psutil  # gradio depends on it

@@ -239,6 +239,10 @@ def check_limit_raise(current: Settings, values: dict[str, Any], *, allowed: boo
         )
 
 
+FILENAME_PATTERNS = ("samples_filename_pattern", "directories_filename_pattern")
+FORBIDDEN_IN_NAMES = '\\/:*?"<>|'  # core.images turns these into _ when it writes a file
+
+
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     """Check one value against its field's type and range; raise ValidationError naming it."""
     name, meta = f.name, f.metadata
@@ -261,6 +265,9 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             raise ValidationError(name, f"expected text, got {_short(value)}")
         if len(value) > MAX_TEXT:
             raise ValidationError(name, f"{len(value)} characters; at most {MAX_TEXT}")
+        if name in FILENAME_PATTERNS and (bad := sorted(set(value) & set(FORBIDDEN_IN_NAMES))):
+            raise ValidationError(name, f"{' '.join(bad)} cannot be part of a file name (saving would turn it into _); "
+                                        "use [date], [seed], [prompt_words] ... and - or _ between them")  # fmt: skip
     elif kind is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value[:MAX_LIST + 1]):
             raise ValidationError(name, f"expected a list of names, got {_short(value)}")

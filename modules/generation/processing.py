@@ -167,8 +167,7 @@ def generate_batch(job: Job, idx: list[int], seeds: list[int], subseeds: list[in
     if stopped is None and hires.wanted(job.request):  # 6b. hires. fix: the second pass at the new size
         memory.release_freed_memory()
         out, depth_display, stopped = job.timed("hires", hires.second_pass, job, idx, seeds, gens, out)
-    if stopped is Stop.SKIP:
-        return None
+    # Skip (stopped is Stop.SKIP): the image is finished at the current step and kept, as A1111 does
     if not torch.isfinite(out).all():
         raise UserError(
             "A tensor with all NaNs was produced. This happens with some models in half precision: "

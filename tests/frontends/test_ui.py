@@ -266,15 +266,17 @@ def test_generate_errors_are_shown(handlers):
     steps = list(handlers.generate("txt2img", base_values()))  # the depth model without a depth map
     gallery, _, info, progress, shown, _ = steps[-1]
     assert 'class="sd-error"' in info and "needs an input image or a depth map" in info
+    assert "Depth -&gt; Depth map (upload)" in info and "base (non-depth) checkpoint" in info  # where to go
     assert gallery is None and progress == "" and ShownResult.from_dict(shown).images == []
     early = list(handlers.generate("img2img", base_values(init_image=None)))
-    assert len(early) == 1 and "init_images" in early[0][2]
+    assert len(early) == 1 and "the init image: upload an image for img2img" in early[0][2]
+    assert "init_images" not in early[0][2]  # the label a person sees, not the API's field name
 
 
 def test_checkpoint_refresh_select_and_errors(handlers, service, depth_ckpt, sd2_ckpt, tmp_path):
     folder = service.registry.folders[0]
     shutil.copy(sd2_ckpt.path, folder / sd2_ckpt.path.name)
-    dropdown, status, notice = handlers.refresh_checkpoints()
+    dropdown, status, notice = list(handlers.refresh_checkpoints())[-1]
     assert any(t.startswith("tiny-sd2.safetensors [") for t in dropdown["choices"]) and "Found 2 checkpoints" in status
     assert notice["visible"] is False
     title = next(t for t in dropdown["choices"] if t.startswith("tiny-depth"))
@@ -287,7 +289,7 @@ def test_checkpoint_refresh_select_and_errors(handlers, service, depth_ckpt, sd2
             return (open, (str(tmp_path / "pwned"), "w"))
 
     torch.save({"state_dict": {}, "x": Evil()}, folder / "evil.ckpt")
-    handlers.refresh_checkpoints()
+    list(handlers.refresh_checkpoints())
     bad = list(handlers.select_checkpoint("evil.ckpt"))[-1]
     assert "sd-status-error" in bad[1] and "evil.ckpt" in bad[1] and "forbidden" in bad[1]
     assert bad[0]["value"] == title  # the dropdown goes back to the model still loaded
@@ -297,7 +299,7 @@ def test_checkpoint_refresh_select_and_errors(handlers, service, depth_ckpt, sd2
     assert "not found" in unknown[1]
     (folder / "evil.ckpt").unlink()
     (folder / sd2_ckpt.path.name).unlink()
-    handlers.refresh_checkpoints()
+    list(handlers.refresh_checkpoints())
 
 
 def test_apply_settings_persists_and_refuses_bad_values(handlers, service):

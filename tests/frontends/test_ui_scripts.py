@@ -194,8 +194,10 @@ def test_script_dropdown_groups_and_sections_are_built_per_tab(handlers):
     tab = _img2img_tab(handlers)
     scripts = tab.scripts
     assert scripts.dropdown.label == "Script" and scripts.dropdown.value == "None"
-    assert [c[0] for c in scripts.dropdown.choices] == ["None", XYZ, "Broken script"]
-    assert scripts.titles("inpaint") == [XYZ] and scripts.titles("img2img") == [XYZ, "Broken script"]
+    others = {"SD upscale"}  # issue 19's built-in script, offered in img2img too
+    assert [c[0] for c in scripts.dropdown.choices if c[0] not in others] == ["None", XYZ, "Broken script"]
+    assert [t for t in scripts.titles("inpaint") if t not in others] == [XYZ]
+    assert [t for t in scripts.titles("img2img") if t not in others] == [XYZ, "Broken script"]
     assert all(group.visible is False for group in scripts.groups.values())
     assert set(scripts.args[XYZ]) >= {"x_type", "x_values", "y_type", "y_values", "draw_legend", "include_cells"}
     titles = {s.extension: s.accordion.label for s in tab.sections}
@@ -278,7 +280,7 @@ def test_extension_and_script_errors_are_readable(handlers, tmp_path):
     # a script offered in img2img only is refused in inpaint upload before anything runs
     mask = save(tmp_path, np.full((H, W), 255, np.uint8), "mask.png")
     steps = list(handlers.generate("inpaint_upload", {**values, "inpaint_image": path, "inpaint_mask": mask}))
-    assert len(steps) == 1 and "script_name" in steps[0][2] and "not available" in steps[0][2]
+    assert len(steps) == 1 and "Script: the script" in steps[0][2] and "not available" in steps[0][2]
 
 
 def test_page_builds_with_extension_tabs_and_shows_builder_errors(handlers):
@@ -301,7 +303,7 @@ def test_extensions_table_and_enable_disable(handlers, service):
     for name in ("xyz_plot", "prompt_prefix", "flaky", "broken_ui", "sleeper"):
         assert f"<b>{name}</b>" in table
     assert "built-in" in table and "user" in table and "Prompt prefix: put a fixed text" in table
-    assert set(boxes["choices"]) == {"xyz_plot", "prompt_prefix", "flaky", "broken_ui", "sleeper"}
+    assert set(boxes["choices"]) - {"sd_upscale"} == {"xyz_plot", "prompt_prefix", "flaky", "broken_ui", "sleeper"}
     assert "sleeper" not in boxes["value"] and "flaky" in boxes["value"]
     everything = boxes["choices"]
 

@@ -289,7 +289,10 @@ def test_skip_moves_to_next_batch(env):
     ctx = make_ctx(env)
     ctx.hooks = Skip(ctx.control)
     r = process(req(n_iter=2), ctx)
-    assert len(r.images) == 1 and r.seeds == [12]
+    # the skipped image is finished at the step it was skipped at and kept (A1111); the next one runs in full
+    assert len(r.images) == 2 and r.seeds == [11, 12]
+    full = process(req(n_iter=2), make_ctx(env))
+    assert not np.array_equal(r.images[0], full.images[0]) and np.array_equal(r.images[1], full.images[1])
 
 
 def test_nan_is_an_error_with_advice(env):

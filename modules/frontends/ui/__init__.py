@@ -18,6 +18,7 @@ from modules.frontends.ui.blocks import build_ui
 from modules.frontends.ui.guard import GradioCallGuard
 from modules.frontends.ui.handlers import UiHandlers
 from modules.frontends.ui.outputs import OutputStore
+from modules.frontends.ui.page_js import page_js
 from modules.frontends.ui.render import CSS
 from modules.frontends.ui.uploads import UploadFolder
 
@@ -54,6 +55,7 @@ def mount_ui(app: FastAPI, service: Service, options: Options) -> UploadFolder:
         mcp_server=False,
         theme=gr.themes.Default(),
         css=CSS,
+        js=page_js(getattr(options, "theme", "default")),
     )
     app.add_middleware(GradioCallGuard, known_fn=lambda index: index in blocks.fns,
                        max_body_bytes=int(max_mb * 2**20) if max_mb else 2**30)  # fmt: skip

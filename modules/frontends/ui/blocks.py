@@ -10,8 +10,9 @@ from typing import Any
 
 import gradio as gr
 
-from modules.frontends.ui import extensions_tab, extras_tab, forms, settings_tab, tabs
+from modules.frontends.ui import ext_visibility, extensions_tab, extras_tab, forms, settings_tab, tabs
 from modules.frontends.ui.controls import TabControls
+from modules.frontends.ui.gallery_tools import copy_to_extras, selected_image
 from modules.frontends.ui.handlers import UiHandlers
 from modules.frontends.ui.outputs import ShownResult
 
@@ -38,7 +39,8 @@ def build_top_bar(handlers: UiHandlers) -> TopBar:
     with gr.Row(elem_id="quicksettings", equal_height=False):
         checkpoint = gr.Dropdown(dropdown["choices"], value=dropdown["value"], label="Stable Diffusion checkpoint",
                                  elem_id="sd_checkpoint", scale=4, min_width=320)  # fmt: skip
-        refresh = gr.Button("🔄", elem_id="refresh_sd_checkpoint", elem_classes="sd-tool", size="sm", min_width=42)
+        refresh = gr.Button("🔄", elem_id="refresh_sd_checkpoint", elem_classes=["sd-tool", "sd-icon"], size="sm",
+                            min_width=42)  # fmt: skip
         status_html = gr.HTML(status, elem_id="checkpoint_status")
     notice_html = gr.HTML(notice["value"], visible=notice["visible"], elem_id="no_checkpoint_notice")
     checkpoint.select(handlers.select_checkpoint, inputs=checkpoint, outputs=[checkpoint, status_html],
@@ -114,6 +116,20 @@ def wire_sends(targets: Targets, panels: list[TabControls], png: tabs.PngInfoTab
         button.click(from_png_info(target), inputs=[png.image, png.text], outputs=targets.outputs(target), queue=False)
 
 
+def wire_send_to_extras(handlers: UiHandlers, top_tabs: gr.Tabs, extras_image: Any, panels: list[TabControls]) -> None:
+    """"Send to extras": the selected picture into the Extras tab's Single Image, and that tab opened."""
+
+    def send(shown: dict | None, index: int | None) -> tuple[Any, Any]:
+        picture = copy_to_extras(selected_image(shown, index), handlers.store.folder)
+        return (gr.Tabs(selected="extras"), picture) if picture else (gr.skip(), gr.skip())
+
+    for panel in panels:
+        tools = panel.output.tools
+        if tools is not None and extras_image is not None:
+            tools.send_to_extras.click(send, inputs=[panel.output.shown, panel.output.selected],
+                                       outputs=[top_tabs, extras_image], queue=False)  # fmt: skip
+
+
 def build_ui(handlers: UiHandlers) -> gr.Blocks:
     """The page: top bar, then txt2img / img2img / PNG Info / Settings tabs."""
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
@@ -126,13 +142,15 @@ def build_ui(handlers: UiHandlers) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = tabs.build_png_info_tab(handlers)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
-                extras_tab.build_extras_tab(handlers.service)
+                extras_image = extras_tab.build_extras_tab(handlers.service)
             extensions_tab.build_extension_tabs(handlers)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = settings_tab.build_settings_tab(handlers)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions = extensions_tab.build_extensions_tab(handlers)
         wire_sends(Targets(top_tabs, txt2img, img2img), [txt2img, img2img], png)
+        wire_send_to_extras(handlers, top_tabs, extras_image, [txt2img, img2img])
+        ext_visibility.wire(handlers, [txt2img, img2img], extensions.applied, demo)
         _on_page_load(demo, handlers, top, settings, extensions, [txt2img, img2img])
     return demo
 

@@ -19,6 +19,9 @@ from modules.core import samplers
 from modules.core.request import INPAINT_AREA_LABELS, MASK_MODE_LABELS, MASKED_CONTENT_LABELS, RESIZE_MODE_LABELS
 from modules.core.settings import Settings
 from modules.frontends.ui import forms, render
+from modules.frontends.ui.gallery_tools import GalleryTools, build_gallery_tools
+from modules.frontends.ui.safe_inputs import SafeImage
+from modules.frontends.ui.tokens import token_counter
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ class PromptRow:
     generate: gr.Button
     interrupt: gr.Button
     skip: gr.Button
+    counters: tuple[gr.HTML, gr.HTML] | None = None  # the token counters of prompt and negative prompt
 
 
 @dataclass
@@ -54,6 +58,7 @@ class OutputPanel:
     selected: gr.State  # index of the selected gallery image
     send_to_img2img: gr.Button
     send_to_inpaint: gr.Button
+    tools: GalleryTools | None = None  # Save, Zip, Open folder, Send to extras
 
 
 @dataclass
@@ -103,9 +108,11 @@ class TabControls:
 def prompt_row(tab: str) -> PromptRow:
     """Prompt and negative prompt on the left, Generate / Interrupt / Skip on the right (A1111's top row)."""
     with gr.Row(equal_height=False):
-        with gr.Column(scale=6, min_width=400):
+        with gr.Column(scale=6, min_width=400, elem_classes="sd-prompts"):
+            counter = token_counter(f"{tab}_token_counter")
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=12, elem_id=f"{tab}_prompt",
                                 placeholder="Prompt (what the image should show)")  # fmt: skip
+            negative_counter = token_counter(f"{tab}_negative_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, max_lines=8, elem_id=f"{tab}_neg_prompt",
                                   placeholder="Negative prompt (what to keep out)")  # fmt: skip
         with gr.Column(scale=1, min_width=200, elem_classes="sd-generate-col"):
@@ -113,7 +120,7 @@ def prompt_row(tab: str) -> PromptRow:
             with gr.Row():
                 interrupt = gr.Button("Interrupt", size="sm", elem_id=f"{tab}_interrupt", min_width=80)
                 skip = gr.Button("Skip", size="sm", elem_id=f"{tab}_skip", min_width=80)
-    return PromptRow(prompt, negative, generate, interrupt, skip)
+    return PromptRow(prompt, negative, generate, interrupt, skip, (counter, negative_counter))
 
 
 def sampling_controls(tab: str, settings: Settings) -> Fields:
@@ -150,7 +157,8 @@ def denoising_control(tab: str) -> Fields:
 
 
 def _tool_button(text: str, elem_id: str, tooltip_id: str) -> gr.Button:
-    return gr.Button(text, elem_id=elem_id, elem_classes=["sd-tool", tooltip_id], size="sm", min_width=42)
+    """An icon button (page_js gives it its tooltip, accessible name and a text fallback)."""
+    return gr.Button(text, elem_id=elem_id, elem_classes=["sd-tool", "sd-icon", tooltip_id], size="sm", min_width=42)
 
 
 def seed_controls(tab: str) -> SeedControls:
@@ -190,7 +198,7 @@ def depth_controls(tab: str, *, optional: bool) -> DepthControls:
             source = gr.Radio(forms.DEPTH_SOURCES, value=forms.DEPTH_MIDAS, label="Depth source",
                               elem_id=f"{tab}_depth_source")  # fmt: skip
         label = "Depth map (optional; for depth checkpoints)" if optional else "Depth map"
-        depth_map = gr.Image(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"],
+        depth_map = SafeImage(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"],
                              height=220, visible=optional, elem_id=f"{tab}_depth_map")  # fmt: skip
         invert = gr.Checkbox(label="Invert depth map (white = far, e.g. z-depth from Blender or a depth camera)",
                              value=False, visible=optional, elem_id=f"{tab}_depth_invert")  # fmt: skip
@@ -229,15 +237,17 @@ def output_panel(tab: str) -> OutputPanel:
     progress = gr.HTML("", elem_id=f"{tab}_progress")
     with gr.Row(equal_height=True):
         gallery = gr.Gallery(label="Output", columns=2, height=380, object_fit="contain", format="png",
-                             elem_id=f"{tab}_gallery", interactive=False, scale=3, min_width=260)  # fmt: skip
+                             elem_id=f"{tab}_gallery", interactive=False, scale=3, min_width=260,
+                             allow_preview=True, buttons=["download", "fullscreen"])  # fmt: skip
         depth_image = gr.Image(label="Depth map used", type="filepath", height=380, interactive=False, format="png",
                                elem_id=f"{tab}_depth_used", scale=2, min_width=180)  # fmt: skip
     with gr.Row(elem_classes="sd-send-row"):
         to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{tab}_send_to_img2img")
         to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{tab}_send_to_inpaint")
+    tools = build_gallery_tools(tab)
     info = gr.HTML("", elem_id=f"{tab}_html_info")
     shown, selected = gr.State(None), gr.State(0)
-    return OutputPanel(gallery, depth_image, info, progress, shown, selected, to_img2img, to_inpaint)
+    return OutputPanel(gallery, depth_image, info, progress, shown, selected, to_img2img, to_inpaint, tools)
 
 
 # --- extensions: sections and scripts ----------------------------------------------------------------

@@ -49,8 +49,9 @@ def run_extras(service: Service, mode: str, image: str | None, files: list | Non
     return gallery, result.html_info
 
 
-def build_extras_tab(service: Service) -> None:
-    """Build the tab's controls and wire its Generate button (call inside ``gr.Tab("Extras")``)."""
+def build_extras_tab(service: Service) -> Any:
+    """Build the tab's controls and wire its Generate button (call inside ``gr.Tab("Extras")``); returns the
+    Single Image input (the generation tabs' "Send to extras" fills it)."""
     import gradio as gr
 
     names = service.upscaler_names()
@@ -93,3 +94,4 @@ def build_extras_tab(service: Service) -> None:
 
     go.click(generate, inputs=[mode, image, files, folder, resize_mode, by, width, height, crop, up1, up2, vis],
              outputs=[gallery, info])  # fmt: skip
+    return image

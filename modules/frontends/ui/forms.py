@@ -24,11 +24,13 @@ from modules.core.request import (
     GenerationRequest,
 )
 from modules.frontends.ui.hires import hires_fields
+from modules.frontends.ui.safe_inputs import check_pil, read_image_bytes
 
-MODES = ("txt2img", "img2img", "inpaint", "inpaint_upload")
+MODES = ("txt2img", "img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload")
 # which extension tab ("txt2img", "img2img", "inpaint") a mode belongs to: scripts and UI sections are per tab
-MODE_TABS = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "inpaint", "inpaint_upload": "inpaint",
-             "batch": "img2img"}  # fmt: skip
+MODE_TABS = {"txt2img": "txt2img", "img2img": "img2img", "sketch": "img2img", "inpaint": "inpaint",
+             "inpaint_sketch": "inpaint", "inpaint_upload": "inpaint", "batch": "img2img"}  # fmt: skip
+RESIZE_TO, RESIZE_BY = "Resize to", "Resize by"
 NO_SCRIPT = "None"
 DEPTH_MIDAS = "MiDaS (estimate from the image)"
 DEPTH_UPLOAD = "Depth map (upload)"
@@ -87,15 +89,31 @@ def mask_from_layers(layers: list[Any], size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def editor_image_and_mask(editor: dict[str, Any] | None) -> tuple[bytes, bytes]:
-    """An ImageMask value ({background, layers, composite}) -> (image PNG, mask PNG white-on-black)."""
-    background = _as_pil((editor or {}).get("background"))
+def editor_image_and_mask(editor: Any, *, sketch: bool = False) -> tuple[bytes, bytes]:
+    """An ImageMask / ImageEditor value ({background, layers, composite}) -> (image PNG, mask PNG white-on-black).
+
+    Inpaint: the background is the image and the strokes the mask; Inpaint sketch (`sketch`): the image is
+    the composite (the colour strokes painted into it) and the strokes are the mask as well."""
+    canvas = "Inpaint sketch" if sketch else "Inpaint"
+    editor = check_pil(editor, f"the {canvas} image")
+    background = _as_pil(check_pil((editor or {}).get("background"), f"the {canvas} image"))
     if background is None:
-        raise ValidationError("init_images", "upload an image into the Inpaint canvas first")
+        raise ValidationError("init_images", f"upload an image into the {canvas} canvas first")
     mask = mask_from_layers(editor.get("layers") or [], background.size)
     if not mask.any():
         raise ValidationError("mask", "paint over the part of the image to repaint (the mask is empty)")
-    return png_bytes(background), png_bytes(mask)
+    picture = _as_pil(editor.get("composite")) if sketch else background
+    return png_bytes((picture or background).convert("RGB") if sketch else background), png_bytes(mask)
+
+
+def sketch_image(editor: Any) -> bytes:
+    """The Sketch canvas: the picture with the colour strokes painted into it (the composite), as PNG."""
+    editor = check_pil(editor, "the Sketch image")
+    background = _as_pil(check_pil((editor or {}).get("background"), "the Sketch image"))
+    if background is None:
+        raise ValidationError("init_images", "upload an image into the Sketch canvas first")
+    composite = _as_pil(editor.get("composite")) or background
+    return png_bytes(composite.convert("RGB"))
 
 
 # --- the request ----------------------------------------------------------------------------------
@@ -134,7 +152,7 @@ def _seed_fields(values: dict[str, Any]) -> dict[str, Any]:
 def depth_fields(values: dict[str, Any], *, required: bool) -> dict[str, Any]:
     """The user's depth map when "Depth source" says so (txt2img: whenever one is given)."""
     wanted = values.get("depth_source", DEPTH_MIDAS) == DEPTH_UPLOAD or not required
-    data = file_bytes(values.get("depth_map")) if wanted else None
+    data = read_image_bytes(values.get("depth_map"), "the depth map") if wanted else None
     if required and values.get("depth_source") == DEPTH_UPLOAD and data is None:
         raise ValidationError("depth_map", 'upload a depth map, or set "Depth source" to MiDaS')
     return {"depth_map": data, "depth_invert": bool(values.get("depth_invert")) and data is not None}
@@ -155,14 +173,20 @@ def inpaint_fields(values: dict[str, Any]) -> dict[str, Any]:
 def _init_fields(mode: str, values: dict[str, Any]) -> dict[str, Any]:
     """init_images / mask for the img2img sub-tab in use."""
     if mode == "img2img":
-        image = file_bytes(values.get("init_image"))
+        image = read_image_bytes(values.get("init_image"), "the init image")
         if image is None:
             raise ValidationError("init_images", "upload an image for img2img (or use the txt2img tab)")
         return {"init_images": [image]}
     if mode == "inpaint":
         image, mask = editor_image_and_mask(values.get("inpaint_editor"))
         return {"init_images": [image], "mask": mask, **inpaint_fields(values)}
-    image, mask = file_bytes(values.get("inpaint_image")), file_bytes(values.get("inpaint_mask"))
+    if mode == "sketch":
+        return {"init_images": [sketch_image(values.get("sketch_editor"))]}
+    if mode == "inpaint_sketch":
+        image, mask = editor_image_and_mask(values.get("inpaint_sketch_editor"), sketch=True)
+        return {"init_images": [image], "mask": mask, **inpaint_fields(values)}
+    image = read_image_bytes(values.get("inpaint_image"), "the image to inpaint")
+    mask = read_image_bytes(values.get("inpaint_mask"), "the mask")
     if image is None:
         raise ValidationError("init_images", "upload the image to inpaint")
     if mask is None:
@@ -213,6 +237,27 @@ def img2img_fields(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def scale_of(values: dict[str, Any]) -> float:
+    scale = float(values.get("resize_scale") or 1.0)
+    if not 0.05 <= scale <= 8.0:
+        raise ValidationError("resize_scale", f"{scale:g} is outside 0.05-8")
+    return scale
+
+
+def scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """A1111's "Resize by": the image's size times the scale, to a multiple of 8 (at least 64)."""
+    return tuple(max(64, int(round(v * scale / 8)) * 8) for v in size)  # type: ignore[return-value]
+
+
+def scaled_size(values: dict[str, Any], image: bytes) -> dict[str, int]:
+    """Width / height from the "Resize by" sub-tab (the init image's size x scale); nothing for "Resize to"."""
+    if values.get("resize_tab") != RESIZE_BY:
+        return {}
+    with Image.open(io.BytesIO(image)) as img:
+        width, height = scaled(img.size, scale_of(values))
+    return {"width": width, "height": height}
+
+
 def build_request(mode: str, values: dict[str, Any], *, scripts: list[str] | None = None) -> GenerationRequest:
     """The request for one press of Generate on the `mode` tab, from the controls' values (validated).
 
@@ -229,6 +274,7 @@ def build_request(mode: str, values: dict[str, Any], *, scripts: list[str] | Non
         fields.update(_init_fields(mode, values))
         fields.update(depth_fields(values, required=True))
         fields.update(img2img_fields(values))
+        fields.update(scaled_size(values, fields["init_images"][0]))
     fields.update(script_fields(values, scripts))
     fields["extension_args"] = extension_args(values, script_tab(mode))
     return GenerationRequest(**fields).validate()

@@ -23,7 +23,9 @@ from modules.core.settings import Settings
 from modules.frontends.batch.plan import plan_batch
 from modules.frontends.batch.runner import run_folder
 from modules.frontends.ui import batch, forms, render
+from modules.frontends.ui.messages import failure_message, setting_message, user_message
 from modules.frontends.ui.outputs import OutputStore, ShownResult
+from modules.frontends.ui.safe_inputs import read_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +55,6 @@ def _unique(items) -> list[Any]:
         if all(item is not seen for seen in out):
             out.append(item)
     return out
-
-
-def failure_message(error: Exception, script: str | None = None) -> str:
-    """An error for people: a UserError's own words; anything else named, with the script that raised it."""
-    if isinstance(error, UserError):
-        return str(error)
-    log.error("generation failed", exc_info=error)
-    text = f"{type(error).__name__}: {error}"
-    return f"the script {script!r} failed: {text}" if script else text
 
 
 def extensions_message(before: set[str], after: set[str], not_loaded: set[str]) -> str:
@@ -117,15 +110,19 @@ class UiHandlers:
         """Dropdown, status and notice as the service has them now (page load)."""
         return self.checkpoint_dropdown(), self.checkpoint_status(), self.notice()
 
-    def refresh_checkpoints(self) -> tuple[dict[str, Any], str, dict[str, Any]]:
-        """🔄: rescan the model folders."""
+    def refresh_checkpoints(self) -> Iterator[tuple[Any, str, Any]]:
+        """🔄: rescan the model folders; with exactly one checkpoint and none loaded, select and load it."""
         try:
             found = self.service.refresh_checkpoints()
         except Exception as e:  # an unreadable folder or file: say so, keep the old list
             log.exception("refreshing checkpoints failed")
-            return gr.skip(), render.status_html(f"Refresh failed: {e}", "error"), gr.skip()
+            yield gr.skip(), render.status_html(f"Refresh failed: {e}", "error"), gr.skip()
+            return
         status = render.status_html(f"Found {len(found)} checkpoint{'s' if len(found) != 1 else ''}.")
-        return self.checkpoint_dropdown(), status, self.notice()
+        yield self.checkpoint_dropdown(), status, self.notice()
+        if len(found) == 1 and self.service.current_checkpoint() is None:
+            for dropdown, loaded in self.select_checkpoint(found[0].title):
+                yield dropdown, loaded, gr.skip()
 
     def select_checkpoint(self, title: str | None) -> Iterator[tuple[dict[str, Any], str]]:
         """Load the picked checkpoint, showing "Loading…" then the time taken or the error."""
@@ -170,22 +167,25 @@ class UiHandlers:
             request = forms.build_request(mode, values, scripts=self.script_titles(forms.script_tab(mode)))
             self.service.check(request)
         except UserError as e:
-            yield gr.skip(), gr.skip(), render.error_html(str(e)), "", gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), render.error_html(user_message(e, mode)), "", gr.skip(), gr.skip()
             return
         started = time.perf_counter()
         future: Future[GenerationResult] = self.service.submit(request)
         yield gr.skip(), None, "", render.progress_html(self.service.progress()), gr.skip(), gr.skip()
+        seen: dict[str, Any] = {}
         try:
-            result = yield from self._wait(future, render.progress_html)
+            result = yield from self._wait(future, render.progress_html, seen)
         except Exception as e:  # shown to the user in words; a bug's traceback goes to the log
-            yield self._failed(failure_message(e, request.script_name))
+            yield self._failed(failure_message(e, request.script_name, mode))
             return
         result.timings.setdefault("total", time.perf_counter() - started)
-        yield self._final(result)
+        yield self._final(result, seen.get("state"))
 
-    def _wait(self, future: Future, progress_html: Callable[[dict[str, Any]], str]) -> Generator[tuple, None, Any]:
+    def _wait(self, future: Future, progress_html: Callable[[dict[str, Any]], str],
+              seen: dict[str, Any] | None = None) -> Generator[tuple, None, Any]:  # fmt: skip
         """Poll `future`, yielding the progress bar (and live previews) until it is done; returns its result.
 
+        `seen["state"]` keeps the job's last counters (the step an interrupted job stopped at).
         When Gradio drops the generator (the browser left), the job is cancelled or interrupted."""
         preview_id = -1
         try:
@@ -194,6 +194,8 @@ class UiHandlers:
                     return future.result(timeout=self.poll_seconds)
                 except TimeoutError:
                     progress = self.service.progress()
+                    if seen is not None and progress.get("active"):
+                        seen["state"] = progress.get("state")
                     gallery, preview_id = self._preview(progress, preview_id)
                     yield gallery, gr.skip(), gr.skip(), progress_html(progress), gr.skip(), gr.skip()
         finally:
@@ -212,10 +214,10 @@ class UiHandlers:
             return gr.skip(), last_id
         return [image], new_id
 
-    def _final(self, result: GenerationResult) -> tuple:
+    def _final(self, result: GenerationResult, state: dict[str, Any] | None = None) -> tuple:
         shown = self.store.save_result(result)
         depth_image = shown.depth_maps[0] if shown.depth_maps else None
-        return shown.images, depth_image, render.info_html(result), "", shown.to_dict(), 0
+        return shown.images, depth_image, render.info_html(result, stopped=state), "", shown.to_dict(), 0
 
     # --- batch (img2img's Batch sub-tab) ---------------------------------------------------------
     def generate_batch(self, values: dict[str, Any]) -> Iterator[tuple]:
@@ -226,7 +228,7 @@ class UiHandlers:
             self.service.check(template, template=True)
             items = plan_batch(options)
         except UserError as e:
-            yield gr.skip(), gr.skip(), render.error_html(str(e)), "", gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), render.error_html(user_message(e, "img2img")), "", gr.skip(), gr.skip()
             return
         tracker = batch.BatchTracker(len(items))
         self._batch_stop.clear()
@@ -275,10 +277,10 @@ class UiHandlers:
     # --- PNG Info -------------------------------------------------------------------------------
     def png_info(self, path: str | None) -> tuple[str, str]:
         """(HTML, raw parameters text) of an uploaded image."""
-        data = forms.file_bytes(path)
-        if data is None:
-            return "", ""
         try:
+            data = read_image_bytes(path, "the PNG Info image")
+            if data is None:
+                return "", ""
             text, params = self.service.png_info(data)
         except UserError as e:
             return render.error_html(str(e)), ""
@@ -316,7 +318,7 @@ class UiHandlers:
         try:
             self.service.update_settings(changed)
         except UserError as e:
-            return render.status_html(str(e), "error")
+            return render.status_html(setting_message(e), "error")
         names = ", ".join(sorted(changed))
         return render.status_html(f"Saved {len(changed)} setting{'s' if len(changed) != 1 else ''}: {names}.")
 

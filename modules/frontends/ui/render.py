@@ -10,6 +10,7 @@ from modules.core.request import GenerationResult
 from modules.frontends.ui.outputs import grid_first
 
 CHECKPOINT_NAMES = "512-depth-ema.ckpt or 512-depth-ema.safetensors"
+ETA_AFTER_STEPS = 3  # "estimating…" until this many steps have run
 GRID_NOTE = "The first image is the grid: select a cell for its own parameters and depth map"
 
 
@@ -30,7 +31,9 @@ def progress_html(progress: dict[str, Any]) -> str:
     state = progress.get("state", {})
     percent = round(100 * float(progress.get("progress", 0.0)))
     parts = [f"{percent}%"]
-    if progress.get("eta_relative", 0) > 0:
+    if _steps_run(state) < ETA_AFTER_STEPS:  # the first steps include loading and warm-up: no ETA from them
+        parts.append("ETA estimating…")
+    elif progress.get("eta_relative", 0) > 0:
         parts.append(f"ETA {_duration(progress['eta_relative'])}")
     if state.get("sampling_steps"):
         parts.append(f"step {state.get('sampling_step', 0)}/{state['sampling_steps']}")
@@ -48,21 +51,37 @@ def progress_html(progress: dict[str, Any]) -> str:
     )
 
 
+def _steps_run(state: dict[str, Any]) -> int:
+    """Sampling steps done in this job so far (earlier images' steps included)."""
+    return int(state.get("job_no", 0)) * int(state.get("sampling_steps", 0)) + int(state.get("sampling_step", 0))
+
+
+def stopped_text(state: dict[str, Any] | None, done: int) -> str:
+    """"stopped at step 11/30 of image 1/3" from the job's last counters (or the images done without them)."""
+    if not state or not state.get("sampling_steps"):
+        return f"Interrupted: {done} image(s) done"
+    count = max(1, int(state.get("job_count") or 1))
+    image = min(int(state.get("job_no", 0)) + 1, count)
+    return f"Interrupted: stopped at step {state.get('sampling_step', 0)}/{state['sampling_steps']} of image {image}/{count}"
+
+
 def error_html(message: str) -> str:
     return f'<div class="sd-error" role="alert"><b>Error:</b> {html.escape(message)}</div>'
 
 
-def info_html(result: GenerationResult, index: int = 0) -> str:
-    """The infotext of image `index` and a footer: time taken, interruption, warnings."""
+def info_html(result: GenerationResult, index: int = 0, stopped: dict[str, Any] | None = None) -> str:
+    """The infotext of image `index` and a footer: time taken, where an interrupted job stopped, warnings."""
     if not result.images:
-        text = "Interrupted before the first image was done." if result.interrupted else "No images were made."
+        text = "No images were made."
+        if result.interrupted:
+            text = stopped_text(stopped, 0) + " (no image was done)." if stopped else "Interrupted before the first image was done."
         return f'<div class="sd-info"><p class="sd-note">{text}</p>{_warnings(result.warnings)}</div>'
     index = min(max(index, 0), len(result.infotexts) - 1)
     footer = [f"Time taken: {_duration(result.timings.get('total', 0.0))}"]
     if grid_first(result):
         footer.append(GRID_NOTE)
     if result.interrupted:
-        footer.append(f"Interrupted: {len(result.images)} image(s) done")
+        footer.append(stopped_text(stopped, len(result.images)))
     return (
         f'<div class="sd-info"><pre class="sd-infotext">{html.escape(result.infotexts[index])}</pre>'
         f'<p class="sd-note">{html.escape(" · ".join(footer))}</p>{_warnings(result.warnings)}</div>'
@@ -226,4 +245,15 @@ CSS = """
 .sd-extensions td:nth-child(-n+2) { white-space: nowrap; }
 .sd-ext-enabled { color: #1e8449; }
 .sd-extensions code { font-size: 0.85em; word-break: break-all; }
+.sd-prompts { position: relative; }
+.sd-token-counter-box { height: 0 !important; min-height: 0 !important; overflow: visible !important;
+                        padding: 0 !important; margin: 0 !important; z-index: 5; align-self: flex-end; }
+.sd-token-counter { position: relative; top: 6px; right: 8px; float: right; font-size: 0.8em; padding: 1px 6px;
+                    border-radius: 4px; background: var(--block-background-fill); color: var(--body-text-color-subdued);
+                    border: 1px solid var(--border-color-primary); }
+.sd-token-over { color: #b9770e; }
+.sd-tool.sd-icon-text { font-size: 0.72em !important; flex: 0 0 auto !important; max-width: none !important;
+                        min-width: 52px !important; padding: 0 6px !important; }
+#settings_search_row { align-items: flex-end; }
+.sd-setting-hidden { display: none !important; }
 """

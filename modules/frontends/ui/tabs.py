@@ -13,16 +13,37 @@ import gradio as gr
 
 from modules.core import samplers
 from modules.core.settings import Settings
-from modules.frontends.ui import controls, forms, hires
+from modules.frontends.ui import controls, forms, hires, size_tabs, tokens
 from modules.frontends.ui.controls import TabControls
+from modules.frontends.ui.gallery_tools import wire_gallery_tools
 from modules.frontends.ui.handlers import UiHandlers
+from modules.frontends.ui.safe_inputs import SafeImage, SafeImageEditor, SafeImageMask
 
 INPUT_SOURCES = ["upload", "clipboard"]
+BRUSH_SIZE = 16  # the brush's and the eraser's starting radius (Gradio's eraser default is far larger)
+SKETCH_COLOURS = ["#000000", "#ffffff", "#e02020", "#f0a000", "#20a040", "#2060e0", "#a040c0"]
+NO_INPAINT_OPTIONS = ("img2img", "sketch")  # sub-tabs without a mask
 
 
 def mask_brush() -> gr.Brush:
     """Translucent strokes (the image stays visible under them); any painted pixel is masked."""
-    return gr.Brush(colors=[("#ffffff", 0.8), ("#000000", 0.8), ("#ff3030", 0.8)], color_mode="fixed")
+    return gr.Brush(colors=[("#ffffff", 0.8), ("#000000", 0.8), ("#ff3030", 0.8)], color_mode="fixed",
+                    default_size=BRUSH_SIZE)  # fmt: skip
+
+
+def sketch_brush() -> gr.Brush:
+    """Colour strokes painted into the picture (A1111's Sketch), any colour from the picker."""
+    return gr.Brush(colors=SKETCH_COLOURS, default_color="#e02020", color_mode="defaults", default_size=BRUSH_SIZE)
+
+
+def eraser() -> gr.Eraser:
+    return gr.Eraser(default_size=BRUSH_SIZE)
+
+
+def sketch_canvas(label: str, elem_id: str) -> SafeImageEditor:
+    return SafeImageEditor(label=label, type="pil", image_mode="RGBA", format="png", sources=INPUT_SOURCES,
+                           brush=sketch_brush(), eraser=eraser(), layers=False, transforms=(), height=420,
+                           elem_id=elem_id)  # fmt: skip
 
 
 @dataclass
@@ -69,6 +90,10 @@ def wire_generation(handlers: UiHandlers, tab: TabControls, mode: gr.State) -> N
     def run(mode_name: str, *values: Any):
         yield from handlers.generate(mode_name, inputs.values(values))
 
+    for box, counter in zip((tab.prompt.prompt, tab.prompt.negative_prompt), tab.prompt.counters or (), strict=False):
+        tokens.wire_token_counter(handlers.service, box, counter)
+    if out.tools is not None:
+        wire_gallery_tools(handlers.service, tab.name, out.tools, out.shown, out.selected, handlers.store.folder)
     tab.prompt.generate.click(run, inputs=[mode, *inputs.components], outputs=outputs,
                               concurrency_limit=1, concurrency_id="generate", show_progress="hidden")  # fmt: skip
     tab.prompt.interrupt.click(handlers.interrupt, queue=False)
@@ -97,7 +122,7 @@ def _parameters(tab: str, settings: Settings, *, img2img: bool) -> tuple[dict[st
     if img2img:
         fields.update(controls.resize_mode_control(tab))
     fields.update(controls.sampling_controls(tab, settings))
-    fields.update(controls.size_and_batch_controls(tab))
+    fields.update(size_tabs.size_controls(tab) if img2img else controls.size_and_batch_controls(tab))
     fields.update(controls.cfg_control(tab))
     if img2img:
         fields.update(controls.denoising_control(tab))
@@ -128,23 +153,29 @@ def _img2img_inputs() -> tuple[gr.Tabs, dict[str, gr.Tab], dict[str, Any]]:
     """The img2img sub-tabs and their inputs: img2img, Inpaint (mask brush), Inpaint upload, Batch (folders)."""
     with gr.Tabs(elem_id="mode_img2img") as mode_tabs:
         with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as t_img2img:
-            init_image = gr.Image(label="Image for img2img", type="filepath", image_mode=None, sources=INPUT_SOURCES,
+            init_image = SafeImage(label="Image for img2img", type="filepath", image_mode=None, sources=INPUT_SOURCES,
                                   height=340, elem_id="img2img_image")  # fmt: skip
+        with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as t_sketch:
+            sketch = sketch_canvas("Image for img2img (paint into it)", "img2img_sketch")
         with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as t_inpaint:
-            editor = gr.ImageMask(label="Image for inpainting with mask", type="pil", image_mode="RGBA", format="png",
-                                  sources=INPUT_SOURCES, brush=mask_brush(), layers=False, transforms=(), height=420,
-                                  elem_id="img2maskimg")  # fmt: skip
+            editor = SafeImageMask(label="Image for inpainting with mask", type="pil", image_mode="RGBA", format="png",
+                                   sources=INPUT_SOURCES, brush=mask_brush(), eraser=eraser(), layers=False,
+                                   transforms=(), height=420, elem_id="img2maskimg")  # fmt: skip
+        with gr.Tab("Inpaint sketch", id="inpaint_sketch", elem_id="img2img_inpaint_sketch_tab") as t_inpaint_sketch:
+            inpaint_sketch = sketch_canvas("Colour strokes to repaint (they are the mask)", "inpaint_sketch")
         with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as t_upload:
             with gr.Row():
-                inpaint_image = gr.Image(label="Image", type="filepath", image_mode=None, sources=INPUT_SOURCES,
+                inpaint_image = SafeImage(label="Image", type="filepath", image_mode=None, sources=INPUT_SOURCES,
                                          height=300, elem_id="img_inpaint_base")  # fmt: skip
-                inpaint_mask = gr.Image(label="Mask", type="filepath", image_mode=None, sources=INPUT_SOURCES,
+                inpaint_mask = SafeImage(label="Mask", type="filepath", image_mode=None, sources=INPUT_SOURCES,
                                         height=300, elem_id="img_inpaint_mask")  # fmt: skip
         with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as t_batch:
             batch_fields = batch_inputs()
-    tabs = {"img2img": t_img2img, "inpaint": t_inpaint, "inpaint_upload": t_upload, "batch": t_batch}
-    fields = {"init_image": init_image, "inpaint_editor": editor, "inpaint_image": inpaint_image,
-              "inpaint_mask": inpaint_mask, **batch_fields}  # fmt: skip
+    tabs = {"img2img": t_img2img, "sketch": t_sketch, "inpaint": t_inpaint, "inpaint_sketch": t_inpaint_sketch,
+            "inpaint_upload": t_upload, "batch": t_batch}  # fmt: skip
+    fields = {"init_image": init_image, "sketch_editor": sketch, "inpaint_editor": editor,
+              "inpaint_sketch_editor": inpaint_sketch, "inpaint_image": inpaint_image, "inpaint_mask": inpaint_mask,
+              **batch_fields}  # fmt: skip
     return mode_tabs, tabs, fields
 
 
@@ -189,7 +220,7 @@ def _mode_switch(name: str, scripts: controls.ScriptControls, sections: list[con
     def switch(selected: str | None) -> list[Any]:
         titles = scripts.titles(tab)
         value = selected if selected in titles else forms.NO_SCRIPT
-        return [name, gr.update(visible=name != "img2img"),
+        return [name, gr.update(visible=name not in NO_INPAINT_OPTIONS),
                 gr.update(choices=[forms.NO_SCRIPT, *titles], value=value),
                 *[gr.update(visible=s.tab in shown_tabs) for s in sections]]  # fmt: skip
 
@@ -214,8 +245,10 @@ def build_img2img_tab(handlers: UiHandlers) -> TabControls:
         tab.select(_mode_switch(name, scripts, sections), inputs=scripts.dropdown, outputs=switch_outputs, queue=False)
     all_fields = {"prompt": row.prompt, "negative_prompt": row.negative_prompt, **fields, **inpaint_fields,
                   **params, **depth.fields}  # fmt: skip
+    size_tabs.wire_size_controls(all_fields, mode)
+    size_parts = {name: all_fields.pop(name) for name in ("_detect_size", "_scale_info")}  # not request values
     tab = TabControls("img2img", row, all_fields, seed, output, scripts=scripts, sections=sections,
-                      extra={"mode": mode, "mode_tabs": mode_tabs, "inpaint_group": inpaint_group})  # fmt: skip
+                      extra={"mode": mode, "mode_tabs": mode_tabs, "inpaint_group": inpaint_group, **size_parts})  # fmt: skip
     wire_generation(handlers, tab, mode)
     return tab
 
@@ -232,7 +265,7 @@ def build_png_info_tab(handlers: UiHandlers) -> PngInfoTab:
     """Drop an image, read its parameters, send them (and the image) to a generation tab."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=360):
-            image = gr.Image(label="Source", type="filepath", image_mode=None, sources=INPUT_SOURCES, height=420,
+            image = SafeImage(label="Source", type="filepath", image_mode=None, sources=INPUT_SOURCES, height=420,
                              elem_id="pnginfo_image")  # fmt: skip
         with gr.Column(scale=1, min_width=360):
             html = gr.HTML("", elem_id="pnginfo_html")

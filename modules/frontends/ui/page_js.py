@@ -1,0 +1,53 @@
+"""What the page does in the browser on load: icon buttons' tooltips, accessible names and a text fallback
+where no emoji font is installed; the default theme (``--theme dark``; ``?__theme=`` in the URL wins)."""
+
+from __future__ import annotations
+
+import json
+
+# icon -> (tooltip and accessible name, the text shown where the system has no emoji font)
+ICONS = {
+    "🔄": ("Refresh the list (rescan the folder)", "Refresh"),
+    "🎲": ("Random seed: set -1, a new seed each time", "Random"),
+    "♻": ("Reuse the seed of the selected image", "Reuse"),
+    "♻️": ("Reuse the seed of the selected image", "Reuse"),
+    "📒": ("Fill in every value this axis takes", "Fill"),
+    "📂": ("Show the output folder (on the server)", "Folder"),
+    "📐": ("Copy the width and height from the image", "Size"),
+    "⇅": ("Swap the two axes", "Swap"),
+}
+
+_JS = """
+() => {
+  const ICONS = __ICONS__;
+  const THEME = "__THEME__";
+  const url = new URL(window.location.href);
+  if (!url.searchParams.has("__theme") && THEME !== "default") document.body.classList.toggle("dark", THEME === "dark");
+  const emojiRenders = (() => {
+    const draw = (text) => {
+      const c = document.createElement("canvas"); c.width = c.height = 32;
+      const g = c.getContext("2d"); g.textBaseline = "top"; g.font = "24px sans-serif"; g.fillText(text, 0, 0);
+      return g.getImageData(0, 0, 32, 32).data.join(",");
+    };
+    try { return draw("\\u{1F3B2}") !== draw("\\u{10FFFD}"); } catch (e) { return true; }
+  })();
+  if (!emojiRenders) document.body.classList.add("sd-no-emoji");
+  const apply = () => {
+    document.querySelectorAll("button").forEach((b) => {
+      const icon = b.dataset.sdIcon || b.textContent.trim();
+      const known = ICONS[icon];
+      if (!known || b.dataset.sdIconDone) return;
+      b.dataset.sdIcon = icon; b.dataset.sdIconDone = "1";
+      b.title = known[0]; b.setAttribute("aria-label", known[0]);
+      if (!emojiRenders) { b.textContent = known[1]; b.classList.add("sd-icon-text"); }
+    });
+  };
+  apply();
+  new MutationObserver(apply).observe(document.body, {childList: true, subtree: true});
+}
+"""
+
+
+def page_js(theme: str = "default") -> str:
+    """The ``js`` for ``gr.mount_gradio_app``: runs once when the page has loaded."""
+    return _JS.replace("__ICONS__", json.dumps(ICONS, ensure_ascii=False)).replace("__THEME__", theme)

@@ -341,6 +341,13 @@ def resolve_config(
     return model_config.load_config(path), f"detected {found.family}"
 
 
+def _cast_on_read(precision: PrecisionPlan | None):
+    """With a bfloat16 UNet plan the UNet's tensors become bfloat16 as they are read (never all in float32)."""
+    if precision is None or not precision.bf16_unet:
+        return None
+    return lambda key: torch.bfloat16 if key.startswith("model.diffusion_model.") else None
+
+
 def load_model(
     checkpoint_path: str | Path,
     config_path: str | Path | None = None,
@@ -362,7 +369,7 @@ def load_model(
     checkpoint_path = Path(checkpoint_path)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    sd = ckpt_io.read_state_dict(checkpoint_path, allow_unsafe=allow_unsafe)
+    sd = ckpt_io.read_state_dict(checkpoint_path, allow_unsafe=allow_unsafe, cast=_cast_on_read(precision))
     timings["read"] = time.perf_counter() - t0
     config, source = resolve_config(checkpoint_path, sd, config_path)
     model_config.check_matches(config, sd)

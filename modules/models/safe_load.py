@@ -26,6 +26,7 @@ import pickle
 import re
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,20 +76,30 @@ def _extra_safe_globals() -> list:
     return extra
 
 
-def read_state_dict(path: str | Path, *, allow_unsafe: bool = False, mmap: bool = False) -> StateDict:
+def read_state_dict(path: str | Path, *, allow_unsafe: bool = False, mmap: bool = False,
+                    cast: Callable[[str], torch.dtype | None] | None = None) -> StateDict:  # fmt: skip
     """Flat ``{key: tensor}`` of a checkpoint file; raises CheckpointError with a reason.
 
-    The tensors own their memory unless `mmap` (then they are views of the mapped file)."""
+    The tensors own their memory unless `mmap` (then they are views of the mapped file).  `cast(key)`
+    names a floating dtype a tensor is converted to as it is read (a ``.safetensors`` file read into
+    memory then never holds more than one tensor in its file dtype: a bfloat16 UNet costs its own size
+    at load, not its float32 size too); None keeps the file's dtype."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path.name} is empty (0 bytes); the download or copy did not finish")
     if path.suffix.lower() == SAFETENSORS_SUFFIX:
-        raw = _read_safetensors(path, mmap=mmap)
+        raw = _read_safetensors(path, mmap=mmap, cast=cast)
     else:
         raw = _read_pickle(path, allow_unsafe=allow_unsafe, mmap=mmap)
-    return _flatten(raw, path.name)
+    flat = _flatten(raw, path.name)
+    return flat if cast is None else {k: _cast(k, t, cast) for k, t in flat.items()}
+
+
+def _cast(key: str, tensor: torch.Tensor, cast: Callable[[str], torch.dtype | None]) -> torch.Tensor:
+    dtype = cast(key)
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
 _ST_DTYPES = {
@@ -98,10 +109,10 @@ _ST_DTYPES = {
 }  # fmt: skip
 
 
-def _read_safetensors(path: Path, *, mmap: bool) -> dict:
+def _read_safetensors(path: Path, *, mmap: bool, cast: Callable[[str], torch.dtype | None] | None = None) -> dict:
     header, data_start = _check_safetensors_header(path)
     if not mmap:
-        return _read_safetensors_into_memory(path, header, data_start)
+        return _read_safetensors_into_memory(path, header, data_start, cast)
     from safetensors.torch import load_file
 
     try:
@@ -110,8 +121,10 @@ def _read_safetensors(path: Path, *, mmap: bool) -> dict:
         raise CheckpointError(f"{path.name} is not a valid .safetensors file: {e}") from e
 
 
-def _read_safetensors_into_memory(path: Path, header: dict, data_start: int) -> StateDict:
-    """Each tensor read with ``readinto`` into a tensor of its own, in file order (no mapping, no copy)."""
+def _read_safetensors_into_memory(path: Path, header: dict, data_start: int,
+                                  cast: Callable[[str], torch.dtype | None] | None = None) -> StateDict:  # fmt: skip
+    """Each tensor read with ``readinto`` into a tensor of its own, in file order (no mapping, no copy),
+    and converted at once when `cast` names a dtype for it."""
     entries = sorted(((k, m) for k, m in header.items() if k != "__metadata__"), key=lambda e: e[1]["data_offsets"][0])
     out: StateDict = {}
     with path.open("rb", buffering=0) as f:
@@ -120,7 +133,7 @@ def _read_safetensors_into_memory(path: Path, header: dict, data_start: int) -> 
             start, end = meta["data_offsets"]
             f.seek(data_start + start)
             _read_exactly(f, tensor, end - start, path, key)
-            out[key] = tensor
+            out[key] = tensor if cast is None else _cast(key, tensor, cast)
     return out
 
 

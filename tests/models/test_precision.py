@@ -257,3 +257,16 @@ def test_the_command_line_flag_reaches_the_model_and_cmd_flags(depth_ckpt, tmp_p
         flags = httpx.get(srv.url + "/sdapi/v1/cmd-flags").json()
         assert flags["cpu_bf16"] == "on" and flags["precision_in_use"] == "bf16 UNet"
         assert srv.app.service.precision_info()["label"] == "bf16 UNet"
+
+
+def test_a_bf16_unet_is_cast_as_it_is_read_and_equals_the_float32_weights_rounded(depth_ckpt):
+    from modules.models import safe_load
+
+    cast = checkpoints._cast_on_read(bf16_plan())
+    sd = safe_load.read_state_dict(depth_ckpt.path, cast=cast)
+    full = safe_load.read_state_dict(depth_ckpt.path)
+    unet_keys = [k for k in full if k.startswith("model.diffusion_model.")]
+    assert unet_keys and all(sd[k].dtype == torch.bfloat16 for k in unet_keys)
+    assert all(torch.equal(sd[k], full[k].to(torch.bfloat16)) for k in unet_keys)
+    assert all(sd[k].dtype == full[k].dtype for k in full if k not in unet_keys)  # VAE, text, MiDaS as in the file
+    assert checkpoints._cast_on_read(precision.plan_for(CPU, "full")) is None

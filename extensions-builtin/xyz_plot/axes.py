@@ -14,7 +14,7 @@ from typing import Any
 
 from modules.core.errors import ValidationError
 from modules.core.request import GenerationRequest
-from modules.core.samplers import SCHEDULE_TYPES, sampler_names
+from modules.core.samplers import SCHEDULE_TYPES, find_schedule, sampler_names, split_sampler_name
 
 _INT_RANGE = re.compile(r"^\s*([+-]?\d+)\s*-\s*([+-]?\d+)(?:\s*\(([+-]\d+)\s*\))?\s*$")
 _INT_COUNT = re.compile(r"^\s*([+-]?\d+)\s*-\s*([+-]?\d+)\s*\[(\d+)\]\s*$")
@@ -95,6 +95,24 @@ def _choice(names: Callable[[], list[str]], what: str) -> Callable[[list[str]], 
     return parse
 
 
+def _parse_samplers(items: list[str]) -> list[str]:
+    """Sampler names or A1111 aliases (``k_euler_a``, ``DPM++ 2M Karras`` -> its sampler)."""
+    found = [split_sampler_name(i) for i in items]
+    if None in found:
+        bad = items[found.index(None)]
+        raise ValueError(f"unknown sampler {bad!r}; known: {', '.join(sampler_names())}")
+    return [f[0].name for f in found]
+
+
+def _parse_schedules(items: list[str]) -> list[str]:
+    """Schedule type labels or A1111's /schedulers names (``sgm_uniform``, ``karras``)."""
+    found = [find_schedule(i) for i in items]
+    if None in found:
+        bad = items[found.index(None)]
+        raise ValueError(f"unknown schedule type {bad!r}; known: {', '.join(SCHEDULE_TYPES)}")
+    return [f.label for f in found]
+
+
 def _prompt_sr(r: GenerationRequest, pair: tuple[str, str]) -> GenerationRequest:
     search, replace = pair
     return dataclasses.replace(
@@ -125,9 +143,8 @@ AXES: dict[str, Axis] = {
         Axis("Steps", parse_ints, _set("steps")),
         Axis("CFG Scale", parse_floats, _set("cfg_scale")),
         Axis("Denoising", parse_floats, _set("denoising_strength")),
-        Axis("Sampler", _choice(sampler_names, "sampler"), _set("sampler_name"), choices=sampler_names),
-        Axis("Schedule type", _choice(lambda: SCHEDULE_TYPES, "schedule type"), _set("scheduler"),
-             choices=lambda: SCHEDULE_TYPES),
+        Axis("Sampler", _parse_samplers, _set("sampler_name"), choices=sampler_names),
+        Axis("Schedule type", _parse_schedules, _set("scheduler"), choices=lambda: SCHEDULE_TYPES),
         Axis("Checkpoint name", lambda items: items, _override("sd_model_checkpoint"), changes_model=True),
         Axis("Prompt S/R", _parse_sr, _prompt_sr, label=lambda n, v: v[1]),
         Axis("Depth source", _choice(lambda: ["MiDaS", "uploaded map"], "depth source"), _depth_source,

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-scale", type=float, default=d.cfg_scale)
     g.add_argument("--denoising-strength", type=float, default=d.denoising_strength)
     g.add_argument("--sampler", default=d.sampler_name, help="sampler name, e.g. 'Euler a', 'DPM++ 2M'")
-    g.add_argument("--scheduler", default=d.scheduler, help="schedule type: Automatic, Uniform, Karras, Exponential")
+    g.add_argument("--scheduler", default=d.scheduler,
+                   help=f"schedule type: {', '.join(samplers.SCHEDULE_TYPES)} (or A1111's names, e.g. sgm_uniform)")
     g.add_argument("--seed", type=int, default=d.seed, help="-1: a random seed per image; else the same for all")
     g.add_argument("--subseed", type=int, default=d.subseed)
     g.add_argument("--subseed-strength", type=float, default=d.subseed_strength)

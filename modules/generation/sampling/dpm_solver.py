@@ -42,8 +42,10 @@ def step_3(model, extra, x, t, t_next, cache, r1=1 / 3, r2=2 / 3):
     eps = _eps(model, extra, cache, "eps", x, t)
     s1, s2 = t + r1 * h, t + r2 * h
     eps_r1 = _eps(model, extra, cache, "eps_r1", x - _sigma(s1) * (r1 * h).expm1() * eps, s1)
-    u2 = x - _sigma(s2) * (r2 * h).expm1() * eps - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (
-        eps_r1 - eps
+    u2 = (
+        x
+        - _sigma(s2) * (r2 * h).expm1() * eps
+        - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps)
     )
     eps_r2 = _eps(model, extra, cache, "eps_r2", u2, s2)
     return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)

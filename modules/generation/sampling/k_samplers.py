@@ -318,4 +318,3 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, noise_sampler: 
         if sigmas[i + 1] > 0:
             x = x + sigmas[i + 1] * noise_sampler(sigmas[i], sigmas[i + 1])
     return x
-

@@ -320,10 +320,15 @@ def test_png_info_reads_parameters_and_sends_them_to_img2img(page, depth_loaded,
     expect(scope.locator("#img2img_image img")).to_be_visible()
 
 
+def open_settings_page(page: Page, name: str) -> None:
+    """A page of the Settings tab (A1111's list of pages on the left)."""
+    page.locator("#settings_pages").get_by_label(name, exact=True).check()
+
+
 def test_settings_are_applied_and_saved(page, server, data_dir):
     open_tab(page, "Settings")
     scope = panel(page, "settings")
-    open_tab(page, "Saving images")
+    open_settings_page(page, "Saving images")
     box = scope.get_by_label("Always save all generated images")
     expect(box).to_be_checked()
     box.uncheck()
@@ -334,15 +339,15 @@ def test_settings_are_applied_and_saved(page, server, data_dir):
     saved = (data_dir / "config.json").read_text("utf-8")
     assert '"samples_save": false' in saved and "[seed]-[prompt_words]" in saved
     assert server.app.service.settings.samples_save is False
-    open_tab(page, "Paths")
+    open_settings_page(page, "Paths")
     expect(scope.get_by_label("Output directory for img2img images")).to_have_value("outputs/img2img-images")
     shot(page, "settings_applied")
     # a bad value is refused with the setting's name, and nothing is saved
-    open_tab(page, "Saving images")
+    open_settings_page(page, "Saving images")
     box.check()
-    open_tab(page, "Limits")
+    open_settings_page(page, "Limits")
     number = scope.get_by_label("Most images one request may make (batch count x batch size)")
-    expect(number).to_have_value("64")  # the lazily mounted tab has its value before we type
+    expect(number).to_have_value("64")  # the page shown has its value before we type
     number.fill("0")
     number.press("Tab")
     expect(number).to_have_value("0")

@@ -10,7 +10,7 @@ from modules.core.request import GenerationResult
 from modules.frontends.ui.outputs import grid_first
 
 CHECKPOINT_NAMES = "512-depth-ema.ckpt or 512-depth-ema.safetensors"
-ETA_AFTER_STEPS = 3  # "estimating…" until this many steps have run
+ETA_AFTER_STEPS, ETA_AFTER_FRACTION = 3, 0.05  # "estimating…" until this many steps and this much of the job
 GRID_NOTE = "The first image is the grid: select a cell for its own parameters and depth map"
 
 
@@ -31,7 +31,8 @@ def progress_html(progress: dict[str, Any]) -> str:
     state = progress.get("state", {})
     percent = round(100 * float(progress.get("progress", 0.0)))
     parts = [f"{percent}%"]
-    if _steps_run(state) < ETA_AFTER_STEPS:  # the first steps include loading and warm-up: no ETA from them
+    if _steps_run(state) < ETA_AFTER_STEPS or float(progress.get("progress", 0.0)) < ETA_AFTER_FRACTION:
+        # the first steps carry the loading and warm-up: an ETA from them is far too long
         parts.append("ETA estimating…")
     elif progress.get("eta_relative", 0) > 0:
         parts.append(f"ETA {_duration(progress['eta_relative'])}")

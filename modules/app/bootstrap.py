@@ -16,11 +16,13 @@ import torch
 
 from modules.app.cluster import JobRunner
 from modules.app.extensions import BUILTIN_DIR, ExtensionRegistry
+from modules.app.extra_networks import ExtraNetworkService, create_extra
 from modules.app.options import Options
 from modules.app.service import Service
 from modules.core import memory
 from modules.core.errors import UserError
 from modules.core.settings import Settings
+from modules.core.styles import StyleDatabase
 from modules.models import devices, precision
 from modules.models.checkpoints import CheckpointInfo, CheckpointRegistry, HashCache
 from modules.models.manager import ModelManager
@@ -71,6 +73,9 @@ def create_service(options: Options) -> Service:
     upscalers = UpscalerRegistry(data_dir, options.upscaler_dir or (), device=device,
                                  allow_unsafe=options.disable_safe_unpickle)  # fmt: skip
     log.info("Found %d upscaler(s)", len(upscalers.refresh()))
+    extra = create_extra(data_dir, lora_dir=options.lora_dir, embeddings_dir=options.embeddings_dir,
+                         vae_dir=options.vae_dir, checkpoint_dirs=registry.folders,
+                         allow_unsafe=options.disable_safe_unpickle)  # fmt: skip
     return Service(
         settings=settings,
         settings_path=settings_path,
@@ -80,6 +85,7 @@ def create_service(options: Options) -> Service:
         extensions=extensions,
         upscalers=upscalers,
         jobs=_cluster(options, settings, registry) if options.ray else None,
+        extra_networks=ExtraNetworkService(extra, StyleDatabase(data_dir / "styles.csv"), models, registry),
     )
 
 

@@ -24,6 +24,9 @@ def add_setup_flags(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--ckpt-dir", type=Path, default=None, help="extra folder scanned for checkpoints")
     models.add_argument("--upscaler-dir", type=Path, action="append", default=None,
                         help="extra folder scanned for upscaler models (ESRGAN, SwinIR, DAT...); may be repeated")  # fmt: skip
+    models.add_argument("--lora-dir", type=Path, default=None, help="extra folder scanned for LoRA / LyCORIS files")
+    models.add_argument("--embeddings-dir", type=Path, default=None, help="extra folder of textual-inversion embeddings")
+    models.add_argument("--vae-dir", type=Path, default=None, help="extra folder scanned for VAE files")
     models.add_argument("--ckpt", default=None, help="checkpoint to load first (name, title, hash or file path)")
     models.add_argument("--no-hashing", action="store_true", help="do not sha256 checkpoints (titles show no hash)")
     models.add_argument(
@@ -160,6 +163,9 @@ class Options:
     theme: str = "default"
     ckpt_dir: Path | None = None
     upscaler_dir: list[Path] | None = None
+    lora_dir: Path | None = None
+    embeddings_dir: Path | None = None
+    vae_dir: Path | None = None
     ckpt: str | None = None
     no_hashing: bool = False
     allow_symlinks_out: bool = False

@@ -23,6 +23,7 @@ from modules.app import prompt_tokens
 from modules.app.checks import check_request, memory_budget
 from modules.app.cluster import JobRunner, SwitchedModel
 from modules.app.extensions import ExtensionRegistry, Script
+from modules.app.extra_networks import ExtraNetworkService, ExtraNetworksMixin
 from modules.app.worker import Worker
 from modules.core import images, infotext, samplers
 from modules.core import settings as settings_module
@@ -41,7 +42,7 @@ from modules.models.manager import LoadedModel, ModelManager
 log = logging.getLogger(__name__)
 
 
-class Service:
+class Service(ExtraNetworksMixin):
     def __init__(
         self,
         *,
@@ -54,6 +55,7 @@ class Service:
         worker: Worker | None = None,
         upscalers: upscaling.UpscalerRegistry | None = None,
         jobs: JobRunner | None = None,
+        extra_networks: ExtraNetworkService | None = None,  # LoRA, embeddings, VAE files, styles
     ):
         self._settings = settings
         self.jobs = jobs  # generation elsewhere (a Ray actor pool, --ray); None: on self.worker
@@ -70,6 +72,7 @@ class Service:
                                                                          device=getattr(models, "device", "cpu"))
         self._settings_lock = threading.Lock()
         self.load_error: str | None = None  # why the start-up checkpoint could not be loaded (shown by the UI)
+        self.extra_networks = extra_networks or ExtraNetworkService(None, None, models, registry)
         models.on_loaded = lambda model: optimizations.apply(model, self._settings)
 
     # --- settings -------------------------------------------------------------------------------
@@ -83,6 +86,7 @@ class Service:
         A front end passes ``may_raise_limits=False`` for a caller without a log-in: raising a limit is a 403."""
         values = dict(values or {})
         settings_module.check_request_folders(values)
+        self.extra_networks.check_settings(values)
         checkpoint = values.pop("sd_model_checkpoint", None)
         with self._settings_lock:
             self._settings.override(values)  # validated before the switch: a bad value changes nothing
@@ -193,6 +197,8 @@ class Service:
             control=control,
             hooks=self.hooks,
             upscalers=self.upscaler_registry,
+            extra=self.extra_networks.extra,
+            styles=self.extra_networks.styles,
         )
 
     def check(self, request: GenerationRequest, *, template: bool = False) -> GenerationRequest:
@@ -201,6 +207,7 @@ class Service:
                                 budget=None if template else memory_budget(self.models.current, self.worker))  # fmt: skip
         if request.enable_hr and not request.is_img2img:
             self._check_hires(request)
+        self.extra_networks.check(request, self._settings)
         return request
 
     def _check_hires(self, request: GenerationRequest) -> None:
@@ -313,10 +320,6 @@ class Service:
         found = [u for u in registry.upscalers() if u.kind == "RealESRGAN"]
         return [{"name": u.name, "path": str(u.path), "scale": int(registry.scale_of(u) or 4)} for u in found]
 
-    def vae_files(self) -> list[dict[str, str]]:
-        """``/sdapi/v1/sd-vae`` (``{model_name, filename}``); empty until VAE files are wired into the service."""
-        return []
-
     def unet_files(self) -> list[dict[str, str]]:
         """``/sdapi/v1/sd-modules``: separate UNet files (A1111's SD Unet option); this program has none."""
         return []
@@ -327,18 +330,6 @@ class Service:
 
     def face_restorers(self) -> list[dict[str, str]]:
         """Face restoration is out of scope: always empty."""
-        return []
-
-    def prompt_styles(self) -> list[dict[str, str]]:
-        """Prompt styles are not supported yet: empty."""
-        return []
-
-    def embeddings(self) -> dict[str, dict[str, Any]]:
-        """``{loaded, skipped}`` by embedding name; empty until embeddings are wired into the service."""
-        return {"loaded": {}, "skipped": {}}
-
-    def loras(self) -> list[dict[str, Any]]:
-        """``{name, alias, path, metadata}`` per LoRA file; empty until networks are wired into the service."""
         return []
 
     def checkpoint_has_depth(self, alias: str | None = None) -> bool | None:

@@ -202,6 +202,8 @@ def to_request_fields(parsed: dict[str, str]) -> dict[str, Any]:
             out[name] = labels.index(parsed[key])
     if "Depth invert" in parsed:
         out["depth_invert"] = parsed["Depth invert"] == "True"
+    if parsed.get("Tiling") == "True":
+        out["tiling"] = True
     overrides = {}
     if "Clip skip" in parsed and parsed["Clip skip"].isdigit():
         overrides["CLIP_stop_at_last_layers"] = int(parsed["Clip skip"])

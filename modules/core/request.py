@@ -131,6 +131,8 @@ class GenerationRequest:
     hr_scheduler: str | None = None
     hr_cfg: float | None = None  # None: cfg_scale
     depth_normalized: bool = False  # depth_map is already normalised (0 far .. 1 near): no per-image min-max
+    tiling: bool = False  # seamless: circular padding in the UNet and VAE convolutions (A1111's tiling)
+    styles: list[str] = field(default_factory=list)  # prompt styles (styles.csv) applied to the prompts, in order
     save_images: bool = True
     save_grid: bool = True
 
@@ -210,6 +212,10 @@ class GenerationRequest:
             raise ValidationError("alwayson_scripts", "expected an object keyed by extension name")
         if not isinstance(self.script_args, dict):
             raise ValidationError("script_args", "expected an object of argument names and values")
+        if not isinstance(self.tiling, bool):
+            raise ValidationError("tiling", f"expected true or false, got {self.tiling!r}")
+        if not isinstance(self.styles, list) or not all(isinstance(n, str) for n in self.styles):
+            raise ValidationError("styles", "expected a list of style names")
         if self.enable_hr:
             self._validate_hires(max_pixels)
         return self

@@ -66,6 +66,8 @@ class Settings:
         "off: such images come out black)",
         "Stable Diffusion",
     )
+    sd_vae: str = opt("Automatic", "SD VAE (Automatic: <checkpoint>.vae.* beside it, else its own; None: its own; "
+                      "or a file in models/VAE)", "Stable Diffusion")
     CLIP_stop_at_last_layers: int = opt(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12)
     emphasis: str = opt("Original", "Emphasis mode", "Stable Diffusion", choices=["Original", "No norm", "None"])
     comma_padding_backtrack: int = opt(

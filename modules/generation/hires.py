@@ -24,8 +24,7 @@ from modules.core import samplers
 from modules.core.errors import UserError
 from modules.core.progress import Stop
 from modules.core.request import GenerationRequest, HiresSize, hires_size
-from modules.generation import latents, pixels, sampling
-from modules.generation.conditioning import pad_to_same_length
+from modules.generation import latents, networks, pixels, sampling
 from modules.generation.job import Job, PromptConditioning
 from modules.models.upscaling import DEFAULT_LATENT_MODE, is_latent_mode, upscale_latent
 
@@ -107,11 +106,8 @@ def second_pass_job(job: Job, size: HiresSize) -> Job:
 
 
 def conditioning(job: Job) -> PromptConditioning:
-    s, cache, key = job.settings, job.ctx.conditioning, job.loaded.key
-    args = {"clip_skip": s.CLIP_stop_at_last_layers, "emphasis": s.emphasis, "backtrack": s.comma_padding_backtrack}
-    cond = cache.get(key, job.model, job.request.prompt, **args)
-    uncond = cache.get(key, job.model, job.request.negative_prompt, **args)
-    return PromptConditioning(*pad_to_same_length(cond, uncond, cache.get(key, job.model, "", **args)))
+    """The second pass's prompts, encoded as the first pass's are (tags removed, embeddings in)."""
+    return networks.conditioning(job)
 
 
 # --- 2. upscale -----------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ from modules.core.progress import JobControl
 from modules.core.request import GenerationRequest, GenerationResult
 from modules.core.samplers import SamplerSpec
 from modules.core.settings import Settings
+from modules.core.styles import StyleDatabase
 from modules.generation.conditioning import ConditioningCache
+from modules.models.extra_networks import ExtraNetworks
 from modules.models.manager import LoadedModel, ModelManager
 from modules.models.sd_model import StableDiffusionModel
 from modules.models.upscaling import UpscalerRegistry
@@ -70,6 +72,8 @@ class ProcessingContext:
     control: JobControl = field(default_factory=JobControl)
     hooks: Hooks = field(default_factory=Hooks)
     upscalers: UpscalerRegistry | None = None  # hires. fix's and SD upscale's pixel upscalers
+    extra: ExtraNetworks | None = None  # LoRA, embeddings, VAE files (None: none of them)
+    styles: StyleDatabase | None = None  # styles.csv (None: no styles)
 
 
 @dataclass
@@ -116,6 +120,9 @@ class Job:
     inputs: JobInputs
     result: GenerationResult
     text: PromptConditioning | None = None
+    text_key: str = ""  # what the conditioning depends on besides the checkpoint (networks, embeddings)
+    vae_key: str = ""  # the VAE file in use and tiling, for the init-latent cache
+    infotext: dict[str, str] = field(default_factory=dict)  # Lora hashes, TI hashes, VAE, Tiling
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -104,7 +104,7 @@ def cached_init_latent(job: Job, p: PreparedImage) -> torch.Tensor:
     re-runs with a new seed, prompt or strength (and later batches of one job) skip the VAE encoder."""
     source = p.latent_source if p.latent_source is not None else p.work
     data = np.ascontiguousarray(np.asarray(source))
-    key = ("init-latent", job.loaded.key, tuple(sorted(job.model.optimizations.items())), data.shape,
+    key = ("init-latent", job.loaded.key, job.vae_key, tuple(sorted(job.model.optimizations.items())), data.shape,
            hashlib.sha256(data.tobytes()).hexdigest(), (p.work.height, p.work.width))  # fmt: skip
     return job.ctx.depth_cache.get_or_compute(key, lambda: encode(job, p).cpu())
 

@@ -30,7 +30,8 @@ def collect(job: Job, idx: list[int], seeds: list[int], subseeds: list[int], img
             request, prompt=request.prompt, negative_prompt=request.negative_prompt, seed=seeds[j],
             subseed=subseeds[j], sampler=job.sampler.name, schedule=job.schedule, model_name=result.model_name,
             model_hash=result.model_hash or None, clip_skip=job.settings.CLIP_stop_at_last_layers,
-            depth_source=job.inputs.depth_label, extra={**precision_field(job), **hooks.infotext_fields(request)},
+            depth_source=job.inputs.depth_label,
+            extra={**precision_field(job), **job.infotext, **hooks.infotext_fields(request)},
         )  # fmt: skip
         result.images.append(img)
         result.infotexts.append(text)

@@ -31,11 +31,10 @@ from modules.core.hooks import ScriptRunner
 from modules.core.progress import Stop
 from modules.core.request import GenerationRequest, GenerationResult
 from modules.core.settings import Settings
-from modules.generation import hires, latents, outputs, pixels, sampling, sd_upscale
-from modules.generation.conditioning import pad_to_same_length
+from modules.generation import hires, latents, networks, outputs, pixels, sampling, sd_upscale
 from modules.generation.inputs import finish_image, prepare_inputs
 from modules.generation.job import DepthCache, Job, ProcessingContext, PromptConditioning
-from modules.models import midas
+from modules.models import midas, seamless
 from modules.models.manager import LoadedModel
 
 __all__ = ["DepthCache", "ProcessingContext", "estimate_depth", "process", "random_seed"]
@@ -105,19 +104,17 @@ def start_job(request: GenerationRequest, ctx: ProcessingContext, settings: Sett
         job_timestamp=ctx.control.state.job_timestamp,
     )
     result.warnings.extend(samplers.resolve(request.sampler_name, request.scheduler, settings.default_sampler).warnings)
+    request = networks.apply_styles(request, ctx, result.warnings)
     inputs = prepare_inputs(request, settings, depth_model=model.is_depth)
     job = Job(ctx, loaded, request, settings, spec, schedule, inputs, result)
+    job.timed("networks", networks.prepare, job)  # LoRA, VAE, embeddings: before the text encoder runs
     job.text = job.timed("text", prompt_conditioning, job)
     return job
 
 
 def prompt_conditioning(job: Job) -> PromptConditioning:
     """Prompt and negative prompt contexts (cached per model and text), padded to the same length."""
-    s, cache, key = job.settings, job.ctx.conditioning, job.loaded.key
-    args = {"clip_skip": s.CLIP_stop_at_last_layers, "emphasis": s.emphasis, "backtrack": s.comma_padding_backtrack}
-    cond = cache.get(key, job.model, job.request.prompt, **args)
-    uncond = cache.get(key, job.model, job.request.negative_prompt, **args)
-    return PromptConditioning(*pad_to_same_length(cond, uncond, cache.get(key, job.model, "", **args)))
+    return networks.conditioning(job)
 
 
 def _run(job: Job, t_start: float) -> GenerationResult:
@@ -126,6 +123,19 @@ def _run(job: Job, t_start: float) -> GenerationResult:
     seed = request.seed if request.seed != -1 else random_seed()
     subseed = request.subseed if request.subseed != -1 else random_seed()
     control.begin(request.batch_size * request.n_iter, request.steps, "img2img" if request.is_img2img else "txt2img")
+    with seamless.circular_padding(job.model, request.tiling):
+        _run_batches(job, seed, subseed)
+    result = job.result
+    result.interrupted = control.interrupted
+    outputs.save_grid(result, request, job.settings, job.ctx.data_dir)
+    result.warnings.extend(job.ctx.hooks.take_warnings())
+    job.timings["total"] = time.perf_counter() - t_start
+    result.timings = job.timings
+    return result
+
+
+def _run_batches(job: Job, seed: int, subseed: int) -> None:
+    request, control = job.request, job.ctx.control
     for batch_no in range(request.n_iter):
         if control.interrupted:
             break
@@ -141,13 +151,6 @@ def _run(job: Job, t_start: float) -> GenerationResult:
         control.finish_batch(first + len(imgs))
         if stopped is Stop.INTERRUPT:
             break
-    result = job.result
-    result.interrupted = control.interrupted
-    outputs.save_grid(result, request, job.settings, job.ctx.data_dir)
-    result.warnings.extend(job.ctx.hooks.take_warnings())
-    job.timings["total"] = time.perf_counter() - t_start
-    result.timings = job.timings
-    return result
 
 
 def generate_batch(job: Job, idx: list[int], seeds: list[int], subseeds: list[int]):

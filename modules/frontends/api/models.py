@@ -37,6 +37,7 @@ API_DEFAULTS: dict[str, Any] = {
     "inpaint_full_res": True,
     "inpaint_full_res_padding": 0,
     "save_images": False,
+    "tiling": None,  # A1111 sends null for "not asked"
 }
 
 # Fields only img2img has; the txt2img model leaves them out.
@@ -52,6 +53,8 @@ IMG2IMG_ONLY = {
 }
 
 DESCRIPTIONS = {
+    "tiling": "Seamless tiling: circular padding in the UNet and VAE (the image wraps around).",
+    "styles": "Prompt styles from styles.csv (/sdapi/v1/prompt-styles), applied to prompt and negative prompt.",
     "enable_hr": "Hires. fix (txt2img; ignored by img2img): a second pass at hr_scale (or hr_resize_x/y) with "
     "denoising_strength.",
     "hr_upscaler": "A latent mode (/sdapi/v1/latent-upscale-modes) or an upscaler (/sdapi/v1/upscalers); "
@@ -152,9 +155,7 @@ COMMON_EXTRA: dict[str, tuple[Any, Any]] = {
     "do_not_save_grid": _opt(bool, False),
     "infotext": _opt(str | None, None, "A1111 infotext; fills the fields this request does not set."),
     "force_task_id": _opt(str | None, None),
-    "styles": _list(str, "Prompt styles: not supported here (reported in info.warnings)."),
     "restore_faces": _opt(bool | None, None, "Not supported (reported in info.warnings)."),
-    "tiling": _opt(bool | None, None, "Not supported (reported in info.warnings)."),
     "s_min_uncond": _opt(float | None, None),
     "s_churn": _opt(float | None, None),
     "s_tmax": _opt(float | None, None),

@@ -34,8 +34,6 @@ _INFO_KEYS = {
 # A1111 fields we accept but do not implement: (field, value that means "not asked for", what to say)
 _UNSUPPORTED = [
     ("restore_faces", (None, False), "face restoration is not available here; ignored"),
-    ("tiling", (None, False), "tiling is not available here; ignored"),
-    ("styles", ([], None), "prompt styles are not available here; ignored"),
     ("refiner_checkpoint", (None, "", "None"), "refiner checkpoints are not available here; ignored"),
     ("latent_mask", (None, ""), "latent_mask is not available here; ignored"),
     ("firstpass_image", (None, ""), "firstpass_image is not available here; ignored"),
@@ -244,6 +242,8 @@ def to_generation_request(body: BaseModel, *, img2img: bool) -> GenerationReques
     values["sampler_name"], values["scheduler"] = spec.name, schedule
     values["extension_args"] = extension_args(body.alwayson_scripts or {})
     values["override_settings"] = dict(body.override_settings or {})
+    values["tiling"] = bool(body.tiling)  # null: not asked
+    values["styles"] = list(body.styles or [])
     save = bool(body.save_images) and not body.do_not_save_samples
     values["save_images"] = save
     values["save_grid"] = save and not body.do_not_save_grid

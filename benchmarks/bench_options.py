@@ -5,7 +5,7 @@ The exact reference is float32, contiguous memory, SDPA attention, PyTorch's dir
 img2img job (same seed); prints seconds, speed-up, max pixel difference and PSNR against the
 reference. torch.compile and CPU bfloat16 are slow to try on a small CPU; ask for them explicitly.
 
-    python benchmarks/bench_options.py --ckpt /big/sd2depth_rand1234.safetensors [--steps 10] [--compile] [--bf16] [--only Winograd]
+    python benchmarks/bench_options.py --ckpt /big/sd2depth_rand1234.safetensors [--steps 10] [--compile] [--only Winograd]
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--bf16", action="store_true")
     p.add_argument("--only", default=None, help="comma-separated substrings: run only the options whose label has one")
     args = p.parse_args()
     ckpt = require_ckpt(args)
@@ -50,8 +49,6 @@ def main() -> None:
     }
     if args.compile:
         options["torch.compile"] = {"opt_torch_compile": True}
-    if args.bf16:
-        options["bf16 autocast (CPU)"] = {**EXACT, "cpu_bf16_autocast": True}
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
         options = {k: v for k, v in options.items() if v is EXACT or any(w in k for w in wanted)}

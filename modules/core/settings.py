@@ -127,9 +127,6 @@ class Settings:
         minimum=0.0,
         maximum=15.0,
     )
-    cpu_bf16_autocast: bool = opt(
-        False, "bfloat16 autocast for the UNet on CPU (lossy; fast only with AVX-512 BF16/AMX)", "Optimizations"
-    )
     # limits
     # raised only from config.json or a logged-in request (limit=True; see raised_limits), never above the ceiling
     max_output_pixels: int = opt(

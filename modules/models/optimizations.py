@@ -20,9 +20,9 @@ Model-level (applied when a model is loaded and when the settings change):
 * ``token_merging_ratio``: token merging (the ``tomesd`` package) in the UNet's self-attention; lossy.
 * ``upcast_attn``: the UNet's attention in float32 for float16/bfloat16 models (``models.attention``),
   as LDM computes SD2's; a precision option (against NaN/black images), no change in float32.
-Per job (see ``generation.sampling.Guidance``): ``s_min_uncond`` (A1111's negative guidance minimum sigma)
-and ``cpu_bf16_autocast`` (per-op autocast; superseded by the bfloat16 UNet weights of
-``modules.models.precision``, to be removed).
+Per job (see ``generation.sampling.Guidance``): ``s_min_uncond`` (A1111's negative guidance minimum sigma).
+bfloat16 on the CPU is not an option here but the precision plan (``models.precision``: bfloat16 UNet
+weights where a start-up probe measures bfloat16 fast); the per-op autocast option it replaced is gone.
 
 Pre-packing and Winograd take float32 CPU weights only: with a CPU bf16 plan (``precision``) the
 UNet's bfloat16 convolutions keep PyTorch's own (oneDNN bfloat16) path and only the float32 VAE's

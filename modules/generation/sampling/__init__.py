@@ -14,7 +14,6 @@ The guidance itself is defined here: every sampler goes through ``predict_noise`
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +30,6 @@ class Guidance:
     depth: torch.Tensor | None  # [B, 1, h, w] in [-1, 1] for the depth model
     cfg_scale: float
     s_min_uncond: float = 0.0  # skip the negative prompt on odd steps below this sigma (A1111's NGMS)
-    autocast: torch.dtype | None = None  # e.g. torch.bfloat16 on CPU
 
 
 @dataclass
@@ -47,8 +45,7 @@ def predict_noise(
     model: StableDiffusionModel, x: torch.Tensor, t: torch.Tensor, g: Guidance, *, skip_uncond: bool = False
 ) -> torch.Tensor:
     """Classifier-free guidance with the depth map concatenated as the fifth channel (eps or v)."""
-    with torch.autocast(x.device.type, dtype=g.autocast) if g.autocast is not None else nullcontext():
-        return _guided(model, x, t, g, skip_uncond).float()
+    return _guided(model, x, t, g, skip_uncond).float()
 
 
 def _guided(model: StableDiffusionModel, x: torch.Tensor, t: torch.Tensor, g: Guidance, skip_uncond: bool):

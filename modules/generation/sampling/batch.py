@@ -91,7 +91,6 @@ def _guidance(job: Job, batch: int, depth_cond: torch.Tensor | None) -> Guidance
         depth=depth_cond,
         cfg_scale=job.request.cfg_scale,
         s_min_uncond=settings.s_min_uncond,
-        autocast=torch.bfloat16 if settings.cpu_bf16_autocast and device.type == "cpu" else None,
     )
 
 

@@ -439,6 +439,10 @@ def test_samplers_and_schedulers(client):
     assert [s["label"] for s in sched] == samplers.SCHEDULE_TYPES
     assert all(set(s) == {"name", "label", "aliases", "default_rho", "need_inner_model"} for s in sched)
     assert next(s for s in sched if s["label"] == "Karras")["default_rho"] == 7.0
+    assert next(s for s in sched if s["label"] == "Uniform")["need_inner_model"] is True  # A1111's records
+    assert next(s for s in sched if s["label"] == "SGM Uniform")["aliases"] == ["SGMUniform"]
+    assert next(s for s in items if s["name"] == "DPM++ 2M")["options"]["scheduler"] == "karras"
+    assert "scheduler" not in euler_a["options"]  # A1111 names no default schedule for Euler a
 
 
 def test_png_info(client):

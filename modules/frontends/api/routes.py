@@ -29,7 +29,7 @@ from modules.app.service import Service
 from modules.core import samplers
 from modules.core.errors import CheckpointNotFoundError, UserError, ValidationError
 
-from . import a1111_lists, controlnet, extras, payloads, script_args
+from . import a1111_lists, controlnet, extra_networks, extras, payloads, script_args
 from .disconnect import wait_for_client
 from .models import (
     DepthResponse,
@@ -48,7 +48,6 @@ from .models import (
 
 log = logging.getLogger(__name__)
 SECRET_FLAGS = ("api_auth", "gradio_auth")
-_DEFAULT_RHO = {"Karras": 7.0}
 
 
 class ApiRoute(APIRoute):
@@ -146,6 +145,7 @@ def build_router(service: Service, options: Options) -> APIRouter:
     add("/scripts", api.scripts, methods=["GET"], response_model=ScriptsList)
     extras.add_routes(router, service)
     a1111_lists.add_routes(router, service)
+    extra_networks.add_routes(router, service)
     return router
 
 
@@ -315,26 +315,11 @@ class Api:
         return out
 
     def samplers(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": s.name,
-                "aliases": list(s.aliases),
-                "options": {"scheduler": s.default_schedule.lower(), "schedules": ",".join(s.schedules)},
-            }
-            for s in samplers.SAMPLERS
-        ]
+        """A1111's records: name, aliases and the sampler's options (its default schedule among them)."""
+        return [{"name": s.name, "aliases": list(s.aliases), "options": s.a1111_options()} for s in samplers.SAMPLERS]
 
     def schedulers(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": label.lower().replace(" ", "_"),
-                "label": label,
-                "aliases": None,
-                "default_rho": _DEFAULT_RHO.get(label, -1.0),
-                "need_inner_model": False,
-            }
-            for label in samplers.SCHEDULE_TYPES
-        ]
+        return [schedule.record() for schedule in samplers.SCHEDULES]
 
     def sd_models(self) -> list[dict[str, Any]]:
         return [

@@ -31,7 +31,7 @@ from pathlib import Path
 import bench_vs_diffusers as vs
 import numpy as np
 import torch
-from common import StageTimer, machine, parser, peak_rss_mb, psnr, require_ckpt, test_image, write_json
+from common import StageTimer, diffusers_scheduler, machine, parser, peak_rss_mb, psnr, require_ckpt, test_image, write_json
 from PIL import Image
 
 from modules.core.hooks import Hooks
@@ -135,11 +135,9 @@ def run_arm(arms: Arms, arm: str, sampler: str, args, image_bytes: bytes, steps:
         img = process(req, ctx).images[0]
     else:
         optimizations.apply(model, Settings().override(vs.PLAIN))  # diffusers' own modules as loaded
-        spec = _sampler_fn("find_sampler")(sampler)
-        schedule = _sampler_fn("resolve_schedule")(spec, "Automatic")
-        sched = _sampler_fn("build_scheduler")(spec, schedule, model.betas_f64, "eps")
+        sched = diffusers_scheduler(sampler, model.betas_f64)
         pipe = vs.diffusers_pipeline(model, sched)
-        extra = {"eta": 0.0} if spec.uses_eta else {}
+        extra = {"eta": 0.0} if sampler == "DDIM" else {}
         image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
         t0 = time.perf_counter()
         out = pipe(prompt=vs.PROMPT, image=image, strength=args.strength, num_inference_steps=steps or args.steps,
@@ -148,20 +146,6 @@ def run_arm(arms: Arms, arm: str, sampler: str, args, image_bytes: bytes, steps:
         img = (out.images[0].astype(np.float32) * 255).round().clip(0, 255).astype(np.uint8)
     seconds = time.perf_counter() - t0
     return seconds, img, timer.summary()
-
-
-def _sampler_fn(name: str):
-    """A sampler helper wherever the restructure has put it (samplers or sampling module)."""
-    import importlib
-
-    for mod in ("modules.core.samplers", "modules.generation.sampling", "modules.generation.samplers"):
-        try:
-            fn = getattr(importlib.import_module(mod), name, None)
-        except ImportError:
-            continue
-        if fn is not None:
-            return fn
-    raise ImportError(name)
 
 
 def text_encoder_check(arms: Arms) -> dict:

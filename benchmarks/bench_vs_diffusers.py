@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from common import (
     StageTimer,
+    diffusers_scheduler,
     machine,
     median,
     model_manager,
@@ -44,12 +45,11 @@ from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 from transformers import CLIPTokenizer, DPTImageProcessorPil
 
-from modules.core import memory, samplers
+from modules.core import memory
 from modules.core.hooks import Hooks
 from modules.core.progress import JobControl
 from modules.core.request import GenerationRequest
 from modules.core.settings import Settings
-from modules.generation import sampling
 from modules.generation.conditioning import ConditioningCache
 from modules.generation.processing import DepthCache, ProcessingContext, process
 from modules.models import optimizations
@@ -133,10 +133,9 @@ def main() -> None:
 
     def run_diffusers(name: str):
         optimizations.apply(model, Settings().override(PLAIN))  # diffusers' own modules as loaded
-        spec = samplers.find_sampler(name)
-        sched = sampling.build_scheduler(spec, samplers.resolve_schedule(spec, "Automatic"), model.betas_f64, "eps")
+        sched = diffusers_scheduler(name, model.betas_f64)
         pipe = diffusers_pipeline(model, sched)
-        extra = {"eta": 0.0} if spec.uses_eta else {}
+        extra = {"eta": 0.0} if name == "DDIM" else {}
         synchronize()
         t0 = time.perf_counter()
         out = pipe(prompt=PROMPT, image=image, strength=args.strength, num_inference_steps=args.steps,

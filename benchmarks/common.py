@@ -169,3 +169,24 @@ def write_json(path: str | None, data: dict) -> None:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+# diffusers' own schedulers for the baseline arms, configured as its depth2img pipeline runs them on the
+# model's schedule (our samplers are our own functions now, so the baseline does not borrow them)
+DIFFUSERS_SCHEDULERS = {
+    "Euler a": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "linspace"}),
+    "Euler": ("EulerDiscreteScheduler", {"timestep_spacing": "linspace"}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"timestep_spacing": "linspace", "use_karras_sigmas": True}),
+    "DDIM": ("DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
+                               "clip_sample": False}),
+}  # fmt: skip
+
+
+def diffusers_scheduler(name: str, betas: np.ndarray, parameterization: str = "eps"):
+    """The diffusers scheduler for A1111 sampler `name` (the baseline arms), on the model's float64 betas."""
+    import diffusers
+
+    cls, options = DIFFUSERS_SCHEDULERS[name]
+    prediction = "v_prediction" if parameterization == "v" else "epsilon"
+    return getattr(diffusers, cls)(num_train_timesteps=len(betas), trained_betas=betas.tolist(),
+                                   prediction_type=prediction, **options)  # fmt: skip

@@ -115,24 +115,64 @@ def assemble(request, args, planned, cells, done, runner, warnings, interrupted)
     return result
 
 
-def ui(tab: str) -> dict[str, Any]:
-    """Gradio controls for the script (built inside the script's group in the img2img / inpaint tabs)."""
-    import gradio as gr
+def axis_choices(axis_type: str | None, checkpoints: Any = None) -> list[str]:
+    """The names an enumerated axis takes (📒 and the dropdown): samplers, schedules, checkpoints..."""
+    if axis_type == "Checkpoint name":
+        return [str(t) for t in checkpoints()] if checkpoints is not None else []
+    axis = axes.AXES.get(axis_type or "")
+    return list(axis.choices()) if axis is not None and axis.choices is not None else []
 
-    names = list(axes.AXES)
-    controls: dict[str, Any] = {}
-    defaults = {"x": "Denoising", "y": "Nothing", "z": "Nothing"}
-    for which in ("x", "y", "z"):
+
+def fill_text(axis_type: str | None, checkpoints: Any = None) -> str:
+    """📒: every value of the axis, quoted where a name holds a comma."""
+    return ", ".join(f'"{n}"' if "," in n else n for n in axis_choices(axis_type, checkpoints))
+
+
+def ui_for(checkpoints: Any) -> Any:
+    """The script's controls; `checkpoints()` lists the checkpoint titles (the service's, once the app started)."""
+
+    def ui(tab: str) -> dict[str, Any]:
+        import gradio as gr
+
+        names = list(axes.AXES)
+        controls: dict[str, Any] = {}
+        defaults = {"x": "Denoising", "y": "Nothing", "z": "Nothing"}
+        for which in ("x", "y", "z"):
+            with gr.Row(equal_height=False):
+                kind = gr.Dropdown(names, value=defaults[which], label=f"{which.upper()} type", scale=2,
+                                   min_width=160)  # fmt: skip
+                values = gr.Textbox(value="0.4,0.6,0.8,1.0" if which == "x" else "", label=f"{which.upper()} values",
+                                    scale=4)  # fmt: skip
+                pick = gr.Dropdown([], value=[], multiselect=True, label=f"{which.upper()} choices", visible=False,
+                                   scale=4, elem_id=f"{tab}_xyz_{which}_choices")  # fmt: skip
+                fill = gr.Button("📒", elem_id=f"{tab}_xyz_{which}_fill", elem_classes=["sd-tool", "sd-icon"],
+                                 size="sm", min_width=42)  # fmt: skip
+            fill.click(lambda t: fill_text(t, checkpoints) or gr.skip(), inputs=kind, outputs=values, queue=False)
+            kind.change(lambda t: gr.update(choices=axis_choices(t, checkpoints), value=[],
+                                            visible=bool(axis_choices(t, checkpoints))),
+                        inputs=kind, outputs=pick, queue=False)  # fmt: skip
+            pick.input(lambda chosen: ", ".join(chosen or []), inputs=pick, outputs=values, queue=False)
+            controls[f"{which}_type"], controls[f"{which}_values"] = kind, values
         with gr.Row():
-            controls[f"{which}_type"] = gr.Dropdown(names, value=defaults[which], label=f"{which.upper()} type")
-            controls[f"{which}_values"] = gr.Textbox(
-                value="0.4,0.6,0.8,1.0" if which == "x" else "", label=f"{which.upper()} values", scale=3
-            )
-    with gr.Row():
-        controls["draw_legend"] = gr.Checkbox(value=True, label="Draw legend")
-        controls["include_cells"] = gr.Checkbox(value=True, label="Include sub images")
-    return controls
+            for a, b in (("x", "y"), ("y", "z"), ("x", "z")):
+                swap = gr.Button(f"⇅ {a.upper()}/{b.upper()}", size="sm", elem_id=f"{tab}_xyz_swap_{a}{b}",
+                                 min_width=70)  # fmt: skip
+                pair = [controls[f"{a}_type"], controls[f"{a}_values"], controls[f"{b}_type"], controls[f"{b}_values"]]
+                swap.click(lambda ta, va, tb, vb: (tb, vb, ta, va), inputs=pair, outputs=pair, queue=False)
+        with gr.Row():
+            controls["draw_legend"] = gr.Checkbox(value=True, label="Draw legend")
+            controls["include_cells"] = gr.Checkbox(value=True, label="Include sub images")
+        return controls
+
+    return ui
 
 
 def register(ext) -> None:
-    ext.add_script(Script(TITLE, run, ui=ui, tabs=("img2img", "inpaint", "txt2img")))
+    checkpoints: dict[str, Any] = {}
+    ext.on_app_started(lambda app: checkpoints.update(service=app.service))
+
+    def titles() -> list[str]:
+        service = checkpoints.get("service")
+        return [c.title for c in service.checkpoints()] if service is not None else []
+
+    ext.add_script(Script(TITLE, run, ui=ui_for(titles), tabs=("img2img", "inpaint", "txt2img")))

@@ -492,3 +492,36 @@ def test_dark_theme_from_the_url_and_from_the_flag(page, server, tmp_path):
     assert background
     page.goto(server.url)
     expect(page.get_by_label("Stable Diffusion checkpoint")).to_be_visible()
+
+
+# --- X/Y/Z plot: 📒 fill, the choices dropdown, swapping axes ------------------------------------------------
+
+
+def test_xyz_fill_choices_and_swap(page, depth_loaded):
+    from modules.core import samplers
+
+    open_tab(page, "txt2img")
+    scope = panel(page, "txt2img")
+    script = scope.get_by_label("Script", exact=True)
+    script.scroll_into_view_if_needed()
+    choose(page, script, "X/Y/Z plot")
+    group = scope.locator("#txt2img_script_x_y_z_plot").first
+    choose(page, group.get_by_label("X type", exact=True), "Sampler")
+    fill = page.locator("#txt2img_xyz_x_fill")
+    expect(fill).to_have_attribute("aria-label", "Fill in every value this axis takes")
+    fill.click()
+    x_values = group.get_by_label("X values", exact=True)
+    expect(x_values).to_have_value(", ".join(samplers.sampler_names()))
+    expect(page.locator("#txt2img_xyz_x_choices")).to_be_visible()  # an enumerated axis offers a dropdown
+    choose(page, group.get_by_label("Y type", exact=True), "Checkpoint name")
+    page.locator("#txt2img_xyz_y_fill").click()
+    y_values = group.get_by_label("Y values", exact=True)
+    expect(y_values).to_have_value(depth_loaded.current_checkpoint().title)
+    group.scroll_into_view_if_needed()
+    shot(page, "xyz_filled")
+    page.locator("#txt2img_xyz_swap_xy").click()
+    expect(group.get_by_label("X type", exact=True)).to_have_value("Checkpoint name")
+    expect(x_values).to_have_value(depth_loaded.current_checkpoint().title)
+    expect(group.get_by_label("Y type", exact=True)).to_have_value("Sampler")
+    expect(y_values).to_have_value(", ".join(samplers.sampler_names()))
+    choose(page, script, "None")

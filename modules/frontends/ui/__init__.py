@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from modules.app.options import Options, parse_auth
 from modules.app.service import Service
+from modules.frontends.ui import extra_networks
 from modules.frontends.ui.blocks import build_ui
 from modules.frontends.ui.guard import GradioCallGuard
 from modules.frontends.ui.handlers import UiHandlers
@@ -54,7 +55,7 @@ def mount_ui(app: FastAPI, service: Service, options: Options) -> UploadFolder:
         ssr_mode=False,
         mcp_server=False,
         theme=gr.themes.Default(),
-        css=CSS,
+        css=CSS + extra_networks.CSS,
         js=page_js(getattr(options, "theme", "default")),
     )
     app.add_middleware(GradioCallGuard, known_fn=lambda index: index in blocks.fns,

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.frontends.ui import ext_visibility, extensions_tab, extras_tab, forms, settings_tab, tabs
+from modules.frontends.ui import ext_visibility, extensions_tab, extra_networks, extras_tab, forms, settings_tab, tabs
 from modules.frontends.ui.controls import TabControls
 from modules.frontends.ui.gallery_tools import copy_to_extras, selected_image
 from modules.frontends.ui.handlers import UiHandlers
@@ -41,6 +41,7 @@ def build_top_bar(handlers: UiHandlers) -> TopBar:
                                  elem_id="sd_checkpoint", scale=4, min_width=320)  # fmt: skip
         refresh = gr.Button("🔄", elem_id="refresh_sd_checkpoint", elem_classes=["sd-tool", "sd-icon"], size="sm",
                             min_width=42)  # fmt: skip
+        extra_networks.vae_dropdown(handlers.service)  # SD VAE beside the checkpoint (A1111's quicksettings)
         status_html = gr.HTML(status, elem_id="checkpoint_status")
     notice_html = gr.HTML(notice["value"], visible=notice["visible"], elem_id="no_checkpoint_notice")
     checkpoint.select(handlers.select_checkpoint, inputs=checkpoint, outputs=[checkpoint, status_html],

@@ -226,6 +226,8 @@ def generation_fields(values: dict[str, Any]) -> dict[str, Any]:
     defaults = GenerationRequest()
     fields.update({name: _whole(values, name, getattr(defaults, name)) for name in _WHOLE})
     fields.update(_seed_fields(values))
+    fields["tiling"] = bool(values.get("tiling", False))
+    fields["styles"] = [str(s) for s in values.get("styles") or []]
     return fields
 
 

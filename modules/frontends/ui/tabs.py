@@ -13,7 +13,7 @@ import gradio as gr
 
 from modules.core import samplers
 from modules.core.settings import Settings
-from modules.frontends.ui import controls, forms, hires, size_tabs, tokens
+from modules.frontends.ui import controls, extra_networks, forms, hires, size_tabs, tokens
 from modules.frontends.ui.controls import TabControls
 from modules.frontends.ui.gallery_tools import wire_gallery_tools
 from modules.frontends.ui.handlers import UiHandlers
@@ -134,6 +134,7 @@ def _parameters(tab: str, settings: Settings, *, img2img: bool) -> tuple[dict[st
 def build_txt2img_tab(handlers: UiHandlers) -> TabControls:
     """txt2img: for base checkpoints, and for depth checkpoints given a depth map."""
     row = controls.prompt_row("txt2img")
+    tools = extra_networks.prompt_tools("txt2img", handlers.service, row)  # Styles, Tiling, Extra Networks
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=420):
             fields, seed = _parameters("txt2img", handlers.settings_now(), img2img=False)
@@ -143,7 +144,8 @@ def build_txt2img_tab(handlers: UiHandlers) -> TabControls:
             sections, scripts = extension_controls(handlers, "txt2img", ("txt2img",))
         with gr.Column(scale=1, min_width=420, elem_id="txt2img_results", elem_classes="sd-results"):
             output = controls.output_panel("txt2img")
-    tab = TabControls("txt2img", row, {"prompt": row.prompt, "negative_prompt": row.negative_prompt, **fields},
+    tab = TabControls("txt2img", row, {"prompt": row.prompt, "negative_prompt": row.negative_prompt, **fields,
+                                       **tools.fields},
                       seed, output, scripts=scripts, sections=sections)  # fmt: skip
     wire_generation(handlers, tab, gr.State("txt2img"))
     return tab
@@ -230,6 +232,7 @@ def _mode_switch(name: str, scripts: controls.ScriptControls, sections: list[con
 def build_img2img_tab(handlers: UiHandlers) -> TabControls:
     """img2img with sub-tabs img2img / Inpaint (mask brush) / Inpaint upload; one Generate for all three."""
     row = controls.prompt_row("img2img")
+    tools = extra_networks.prompt_tools("img2img", handlers.service, row)  # Styles, Tiling, Extra Networks
     mode = gr.State("img2img")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=420):
@@ -244,7 +247,7 @@ def build_img2img_tab(handlers: UiHandlers) -> TabControls:
     for name, tab in sub_tabs.items():
         tab.select(_mode_switch(name, scripts, sections), inputs=scripts.dropdown, outputs=switch_outputs, queue=False)
     all_fields = {"prompt": row.prompt, "negative_prompt": row.negative_prompt, **fields, **inpaint_fields,
-                  **params, **depth.fields}  # fmt: skip
+                  **params, **depth.fields, **tools.fields}  # fmt: skip
     size_tabs.wire_size_controls(all_fields, mode)
     size_parts = {name: all_fields.pop(name) for name in ("_detect_size", "_scale_info")}  # not request values
     tab = TabControls("img2img", row, all_fields, seed, output, scripts=scripts, sections=sections,

@@ -299,3 +299,30 @@ def test_lora_hashes_infotext_round_trip(ctx, baked):
     pasted = {k: v for k, v in fields.items() if k != "override_settings"}
     again = process(GenerationRequest(**{**req().__dict__, **pasted}), ctx)
     assert np.array_equal(again.images[0], r.images[0])  # pasted back, the same picture
+
+
+def test_xyz_prompt_sr_over_lora_weights_and_the_vae_axis(env, ctx, baked):
+    import dataclasses
+
+    from modules.app.extensions import BUILTIN_DIR, ExtensionRegistry
+
+    root, _ = env
+    save_file({k[len("first_stage_model.") :]: v.contiguous() for k, v in vae_only(
+        write_checkpoint(root / "baked", "vae-src", "sd2", seed=12, with_yaml=False).state_dict).items()},
+        str(root / "models" / "VAE" / "xyz.safetensors"))  # fmt: skip
+    ctx.extra.vae_registry.refresh()
+    xyz = dataclasses.replace(ctx, hooks=ExtensionRegistry.load([BUILTIN_DIR]))
+    args = {"x_type": "Prompt S/R", "x_values": "clay:0.2,clay:0.6,clay:1.0", "y_type": "VAE",
+            "y_values": "None,xyz.safetensors"}  # fmt: skip
+    r = process(req(prompt="a red house <lora:clay:0.2>", script_name="X/Y/Z plot", script_args=args), xyz)
+    cells = r.images[1:]
+    assert len(cells) == 6
+    for row in range(2):  # the LoRA weight changes the picture along each row
+        a, b, c = (cells[row * 3 + i].astype(int) for i in range(3))
+        assert np.abs(a - b).mean() > 0.5 and np.abs(b - c).mean() > 0.5
+    assert np.array_equal(cells[2], image(ctx, prompt="a red house <lora:clay:1.0>").astype(np.uint8))
+    assert np.abs(cells[0].astype(int) - cells[3].astype(int)).mean() > 0.5  # the VAE changes it too
+    texts = [infotext.parse(t) for t in r.infotexts[1:]]
+    assert [t["Prompt"] for t in texts[:3]] == [f"a red house <lora:clay:{w}>" for w in ("0.2", "0.6", "1.0")]
+    assert "VAE" not in texts[0] and texts[3]["VAE"] == "xyz.safetensors"
+    assert "VAE" not in infotext.parse(run(ctx).infotexts[0])  # the next job has the checkpoint's own VAE again

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +28,9 @@ from modules.core.errors import CheckpointError, CheckpointNotFoundError
 from modules.core import memory
 from modules.core.fileio import atomic_write_text
 from modules.models import ldm_config as model_config
+from modules.models import model_files
 from modules.models import safe_load as ckpt_io
+from modules.models.model_files import sha256_file
 from modules.models.precision import PrecisionPlan, release_file_pages
 from modules.models.sd_model import StableDiffusionModel, build_model, looks_like_v_prediction
 
@@ -162,15 +163,6 @@ def _settled(file: Path, stamp: FileStamp) -> FileStamp:
     return FileStamp.of(file)
 
 
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    """Full-file sha256, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class CheckpointRegistry:
     """The checkpoints found in the model folders; ``refresh()`` rescans (and never raises for a bad entry)."""
 
@@ -204,31 +196,7 @@ class CheckpointRegistry:
 
     def _walk(self, folder: Path, roots: list[Path]) -> Iterator[Path]:
         """Checkpoint files under `folder`, each folder visited once (a link back up is not a loop forever)."""
-        seen: set[tuple[int, int]] = set()
-        pending = [folder]
-        while pending:
-            current = pending.pop()
-            try:
-                st = current.stat()
-                entries = sorted(os.scandir(current), key=lambda e: e.name)
-            except OSError as e:
-                if current != folder or folder.exists():
-                    log.warning("Skipping folder %s: %s", current, e.strerror or e)
-                continue
-            if (st.st_dev, st.st_ino) in seen:
-                log.warning("Skipping %s: a link loop (that folder is already listed)", current)
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            subfolders = []
-            for entry in entries:
-                path = Path(entry.path)
-                if entry.name.startswith(".") or (entry.is_symlink() and not self._link_ok(path, roots)):
-                    continue
-                if _is_dir(path):
-                    subfolders.append(path)
-                elif _is_checkpoint(entry.name):
-                    yield path
-            pending.extend(reversed(subfolders))
+        return model_files.walk(folder, _is_checkpoint, link_ok=lambda path: self._link_ok(path, roots))
 
     def _link_ok(self, path: Path, roots: list[Path]) -> bool:
         """A link is followed when its target exists and lies inside the model folders (or links out are allowed)."""
@@ -306,13 +274,6 @@ def _resolved_roots(folders: list[Path]) -> list[Path]:
         except (OSError, RuntimeError):
             continue
     return roots
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except OSError:
-        return False
 
 
 def _readlink(path: Path) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 
 from modules.core.errors import CheckpointError
-from modules.models import safe_load
+from modules.models import model_files, safe_load
 from modules.models.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
@@ -75,12 +74,11 @@ class Embedding:
                 "shape": self.width, "vectors": len(self)}  # fmt: skip
 
 
+_digests = model_files.FileDigests()
+
+
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return _digests.get(path)
 
 
 def _read_object(path: Path, allow_unsafe: bool) -> Any:
@@ -128,16 +126,7 @@ def read_embedding(path: Path, *, allow_unsafe: bool = False) -> Embedding:
 
 
 def _files(folders: Sequence[Path]) -> list[Path]:
-    found = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for root, dirs, files in os.walk(folder, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for fname in files:
-                path = Path(root) / fname
-                if fname.lower().endswith(EMBEDDING_SUFFIXES) and not fname.startswith(".") and path.stat().st_size:
-                    found.append(path)
+    found = [p for p in model_files.scan(list(folders), EMBEDDING_SUFFIXES) if p.stat().st_size]
     return sorted(found, key=lambda p: p.name.lower())
 
 

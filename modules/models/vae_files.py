@@ -16,9 +16,7 @@ is the file's sha256, first 10 hex digits, ``VAE`` its file name (A1111).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from diffusers import AutoencoderKL
 from diffusers.loaders import single_file_utils as sfu
 
 from modules.core.errors import CheckpointError, UserError
-from modules.models import safe_load
+from modules.models import model_files, safe_load
 from modules.models.networks.swap import ParamBackup, like
 
 log = logging.getLogger(__name__)
@@ -57,7 +55,7 @@ class VaeFile:
 
     @property
     def sha256(self) -> str:
-        return _sha256(self.stamp)
+        return _digests.get(self.path)
 
     @property
     def shorthash(self) -> str:
@@ -67,30 +65,11 @@ class VaeFile:
         return {"VAE hash": self.shorthash, "VAE": self.name}
 
 
-_hash_lock = threading.Lock()
-_hashes: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256(stamp: tuple[str, int, int]) -> str:
-    with _hash_lock:
-        hit = _hashes.get(stamp)
-    if hit is None:
-        h = hashlib.sha256()
-        with open(stamp[0], "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        hit = h.hexdigest()
-        with _hash_lock:
-            _hashes[stamp] = hit
-    return hit
+_digests = model_files.FileDigests()
 
 
 def _walk(folder: Path, keep) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(root) / f for f in files if not f.startswith(".") and keep(f.lower())]
-    return found
+    return list(model_files.walk(folder, lambda name: keep(name.lower())))
 
 
 def _is_vae(fname: str) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from typing import Any
 import torch
 
 from modules.core.errors import UserError
-from modules.models import safe_load
+from modules.models import model_files, safe_load
+from modules.models.model_files import sha256_file as file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -73,29 +73,16 @@ def addnet_hash(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+def _network_digest(path: Path) -> str:
+    return addnet_hash(path) if path.suffix.lower() == ".safetensors" else file_sha256(path)
 
 
-_hash_lock = threading.Lock()
-_hashes: dict[tuple[str, int, int], str] = {}
+_digests = model_files.FileDigests(_network_digest)
 
 
 def network_hash(path: Path) -> str:
     """A1111's hash of a network file (addnet hash for safetensors), cached by path, mtime and size."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    with _hash_lock:
-        hit = _hashes.get(key)
-    if hit is None:
-        hit = addnet_hash(path) if path.suffix.lower() == ".safetensors" else file_sha256(path)
-        with _hash_lock:
-            _hashes[key] = hit
-    return hit
+    return _digests.get(path)
 
 
 @dataclass
@@ -138,14 +125,8 @@ def scan(folders: list[Path]) -> list[NetworkFile]:
     """Network files under `folders` (sub-folders too, hidden ones skipped), sorted by relative path."""
     found: list[tuple[str, Path]] = []
     for folder in folders:
-        if not folder.is_dir():
-            continue
-        for root, dirs, files in os.walk(folder, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for fname in files:
-                if fname.lower().endswith(NETWORK_SUFFIXES) and not fname.startswith("."):
-                    path = Path(root) / fname
-                    found.append((path.relative_to(folder).as_posix().lower(), path))
+        for path in model_files.scan([folder], NETWORK_SUFFIXES):
+            found.append((path.relative_to(folder).as_posix().lower(), path))
     found.sort()
     return [_describe(path) for _, path in found]
 

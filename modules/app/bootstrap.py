@@ -56,7 +56,8 @@ def create_service(options: Options) -> Service:
     offload_mode = devices.offload_mode(device, options.medvram, options.lowvram)
     plan = precision.plan_for(device, options.precision, options.no_half, cpu_bf16=options.cpu_bf16)
     registry = CheckpointRegistry(options.model_folders(), HashCache(data_dir / "cache.json"),
-                                  hashing=not options.no_hashing, allow_links_out=options.allow_symlinks_out)  # fmt: skip
+                                  hashing=not options.no_hashing, allow_links_out=options.allow_symlinks_out,
+                                  lazy=True)  # fmt: skip
     found = registry.refresh()
     log.info("Found %d checkpoint(s) in %s", len(found), ", ".join(map(str, registry.folders)))
     models = ModelManager(
@@ -103,7 +104,9 @@ def _cluster(options: Options, settings: Settings, registry: CheckpointRegistry)
     from modules.app.cluster.start import start_pool
 
     try:
-        return start_pool(options, create_worker_service, _first_checkpoint(options, settings, registry))
+        first = _first_checkpoint(options, settings, registry)
+        checkpoint = registry.with_hash(first) if first else None  # the workers compare their copy's sha256
+        return start_pool(options, create_worker_service, checkpoint)
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from e

@@ -138,6 +138,10 @@ class Service(ExtraNetworksMixin):
     def refresh_checkpoints(self) -> list[CheckpointInfo]:
         return self.worker.run(lambda _: self.registry.refresh(), "refresh-checkpoints")
 
+    def unhashed_checkpoints(self) -> list[CheckpointInfo]:
+        """Listed, not hashed yet: each is hashed when first loaded."""
+        return self.registry.unhashed()
+
     def select_checkpoint(self, alias: str) -> LoadedModel | SwitchedModel:
         """Switch the current model; waits for the running job, then loads (or reuses) the checkpoint."""
         info = self.registry.get(alias)  # unknown names fail here, before queueing

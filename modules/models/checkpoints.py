@@ -120,6 +120,14 @@ class HashCache:
     def sha256(self, file: Path) -> str:
         return self.lookup(file)[0]
 
+    def cached(self, file: Path) -> tuple[str | None, FileStamp]:
+        """The cached sha256 while the file's stamp is unchanged (None: not hashed yet), without hashing."""
+        stamp = FileStamp.of(file)
+        with self._lock:
+            hit = self._data.get(f"checkpoint/{file.resolve()}")
+        valid = hit and FileStamp.from_dict(hit) == stamp and isinstance(hit.get("sha256"), str)
+        return (hit["sha256"] if valid else None), stamp
+
     def lookup(self, file: Path) -> tuple[str, FileStamp]:
         """The file's sha256 and the stamp it belongs to: from the cache if the stamp is unchanged, else hashed.
 
@@ -173,11 +181,14 @@ class CheckpointRegistry:
         *,
         hashing: bool = True,
         allow_links_out: bool = False,
+        lazy: bool = False,
     ):
         self.folders = [Path(f) for f in folders]
         self.hash_cache = hash_cache or HashCache(None)
         self.hashing = hashing
         self.allow_links_out = allow_links_out  # --allow-symlinks-out: list links that point out of the folders
+        # lazy (the app's choice, as A1111): a new file is listed at once, unhashed, and hashed when first loaded
+        self.lazy = lazy
         self._items: list[CheckpointInfo] = []
         self._lock = threading.Lock()
 
@@ -223,14 +234,22 @@ class CheckpointRegistry:
     def _info(self, folder: Path, path: Path) -> CheckpointInfo:
         name = path.relative_to(folder).as_posix()
         model_name = os.path.splitext(name.replace("/", "_"))[0]
-        sha, stamp = self._hash(path)
+        sha, stamp = self._hash(path, listing=True)
         cfg = model_config.sibling_config(path)
         return CheckpointInfo(str(path.resolve()), name, model_name, sha, str(cfg) if cfg else None, stamp)
 
-    def _hash(self, path: Path) -> tuple[str | None, FileStamp]:
-        if self.hashing:
-            return self.hash_cache.lookup(path)
-        return None, FileStamp.of(path)
+    def _hash(self, path: Path, *, listing: bool = False) -> tuple[str | None, FileStamp]:
+        if not self.hashing:
+            return None, FileStamp.of(path)
+        return self.hash_cache.cached(path) if listing and self.lazy else self.hash_cache.lookup(path)
+
+    def unhashed(self) -> list[CheckpointInfo]:
+        """Listed checkpoints whose sha256 is not known yet (lazy listing): hashed when first loaded."""
+        return [i for i in self.list() if self.hashing and i.sha256 is None]
+
+    def with_hash(self, info: CheckpointInfo) -> CheckpointInfo:
+        """`info` with its sha256 (computed now if the listing left it out); the list is updated."""
+        return self.rehash(info) if self.hashing and info.sha256 is None else info
 
     def rehash(self, info: CheckpointInfo) -> CheckpointInfo:
         """`info` for its file as it is now (new stamp, new sha256), replacing it in the list."""
@@ -239,7 +258,7 @@ class CheckpointRegistry:
         except OSError as e:
             raise CheckpointError(f"{info.name}: {e.strerror or e} ({info.filename})") from e
         fresh = dataclasses.replace(info, sha256=sha, stamp=stamp)
-        if fresh.sha256 != info.sha256:
+        if fresh.sha256 != info.sha256 and info.sha256 is not None:  # None: listed lazily, hashed now
             log.warning("%s changed on disk: sha256 %s -> %s", info.name, info.shorthash, fresh.shorthash)
         with self._lock:
             self._items = [fresh if i.filename == info.filename else i for i in self._items]

@@ -156,7 +156,9 @@ class ModelManager:
             now = FileStamp.of(info.filename)
         except OSError as e:
             raise CheckpointError(f"{info.name}: {e.strerror or e}; press refresh to update the list") from e
-        return info if now == info.stamp and info.stamp is not None else self.registry.rehash(info)
+        if now == info.stamp and info.stamp is not None:
+            return self.registry.with_hash(info)  # a lazily listed checkpoint is hashed when first loaded
+        return self.registry.rehash(info)
 
     def _verified(self, loaded: LoadedModel) -> LoadedModel:
         """`loaded` while its file is as it was read; else the file loaded again, or a CheckpointError."""

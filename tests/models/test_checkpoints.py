@@ -116,3 +116,23 @@ def test_manager_refuses_malicious_checkpoint_and_keeps_serving(model_dir, tmp_p
         mm.load("evil.ckpt")
     assert not marker.exists() and "evil.ckpt" in mm.last_error
     assert mm.load("b-depth.safetensors").model.is_depth
+
+
+def test_lazy_listing_hashes_nothing_and_a_load_hashes_that_checkpoint(model_dir, tmp_path, monkeypatch):
+    """The app lists new checkpoints at once (A1111 hashes lazily): each is hashed when first loaded."""
+    calls = []
+    real = checkpoints.sha256_file
+    monkeypatch.setattr(checkpoints, "sha256_file", lambda p: calls.append(p.name) or real(p))
+    registry = CheckpointRegistry([model_dir], HashCache(tmp_path / "cache.json"), lazy=True)
+    items = registry.refresh()
+    assert calls == [] and all(i.sha256 is None and "[" not in i.title for i in items)
+    assert {i.name for i in registry.unhashed()} == {"b-depth.safetensors", "sub/a-sd1.ckpt"}
+    manager = ModelManager(registry, device=torch.device("cpu"), dtype=torch.float32)
+    loaded = manager.load("b-depth")
+    digest = hashlib.sha256((model_dir / "b-depth.safetensors").read_bytes()).hexdigest()
+    assert calls == ["b-depth.safetensors"] and loaded.info.sha256 == digest
+    assert registry.get("b-depth").title == f"b-depth.safetensors [{digest[:10]}]"  # the list shows it now
+    assert [i.name for i in registry.unhashed()] == ["sub/a-sd1.ckpt"]
+    again = CheckpointRegistry([model_dir], HashCache(tmp_path / "cache.json"), lazy=True).refresh()
+    assert calls == ["b-depth.safetensors"]  # a new process lists the cached hash without hashing
+    assert {i.name: i.shorthash for i in again} == {"b-depth.safetensors": digest[:10], "sub/a-sd1.ckpt": None}

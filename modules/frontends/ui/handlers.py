@@ -118,7 +118,9 @@ class UiHandlers:
             log.exception("refreshing checkpoints failed")
             yield gr.skip(), render.status_html(f"Refresh failed: {e}", "error"), gr.skip()
             return
-        status = render.status_html(f"Found {len(found)} checkpoint{'s' if len(found) != 1 else ''}.")
+        pending = len(self.service.unhashed_checkpoints())
+        note = f" {pending} not hashed yet (each is hashed when first loaded)." if pending else ""
+        status = render.status_html(f"Found {len(found)} checkpoint{'s' if len(found) != 1 else ''}.{note}")
         yield self.checkpoint_dropdown(), status, self.notice()
         if len(found) == 1 and self.service.current_checkpoint() is None:
             for dropdown, loaded in self.select_checkpoint(found[0].title):

@@ -399,3 +399,20 @@ def test_gradio_auth_protects_the_page(tmp_path):
             assert ok.status_code == 200
             assert client.get("/config").status_code == 200
             assert client.post("/login", data={"username": "ann", "password": "nope"}).status_code == 400
+
+
+def test_the_ui_raises_limits_only_when_logged_in_or_local(service, tmp_path):
+    from modules.app.options import parse_args
+    from modules.frontends.ui import _on_network
+    from modules.frontends.ui.handlers import UiHandlers
+    from modules.frontends.ui.outputs import OutputStore
+
+    on_lan = UiHandlers(service, OutputStore(tmp_path), may_raise_limits=False)
+    limit = service.settings.max_output_pixels
+    refused = on_lan.apply_settings({"max_output_pixels": limit * 2})
+    assert "sd-status-error" in refused and "raised only by a logged-in request" in refused
+    assert service.settings.max_output_pixels == limit
+    lowered = on_lan.apply_settings({"max_output_pixels": limit // 2})
+    assert "Saved 1 setting" in lowered and service.settings.max_output_pixels == limit // 2
+    service.update_settings({"max_output_pixels": limit})
+    assert _on_network(parse_args(["--listen"])) and not _on_network(parse_args([]))

@@ -26,10 +26,14 @@ from modules.frontends.ui.uploads import UploadFolder
 __all__ = ["build_ui", "mount_ui", "make_handlers"]
 
 
-def make_handlers(service: Service, output_dir: Path | None = None) -> UiHandlers:
+def make_handlers(service: Service, output_dir: Path | None = None, *, may_raise_limits: bool = True) -> UiHandlers:
     """Handlers bound to `service`, writing the gallery's files into `output_dir` (a fresh temp folder if None)."""
     folder = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="sd2-depth-ui-"))
-    return UiHandlers(service, OutputStore(folder))
+    return UiHandlers(service, OutputStore(folder), may_raise_limits=may_raise_limits)
+
+
+def _on_network(options: Options) -> bool:
+    return options.host not in ("127.0.0.1", "localhost", "::1")
 
 
 def mount_ui(app: FastAPI, service: Service, options: Options) -> UploadFolder:
@@ -38,7 +42,9 @@ def mount_ui(app: FastAPI, service: Service, options: Options) -> UploadFolder:
     Uploads go to a folder of ours, swept of files older than --upload-ttl-minutes (returned, so that
     the server's guard can count uploads); unknown queue calls are a 404 (``GradioCallGuard``)."""
     uploads = UploadFolder.create(options.upload_ttl_minutes * 60)
-    handlers = make_handlers(service)
+    # the limits (max_output_pixels ...) are raised from the UI only by a logged-in user or on a server that
+    # listens on this machine alone; on a network without --gradio-auth, config.json or a logged-in API call
+    handlers = make_handlers(service, may_raise_limits=bool(options.gradio_auth) or not _on_network(options))
     blocks = build_ui(handlers)
     auth = parse_auth(options.gradio_auth)
     max_mb = options.max_body_mb

@@ -73,9 +73,11 @@ def extensions_message(before: set[str], after: set[str], not_loaded: set[str]) 
 class UiHandlers:
     """Event handlers bound to one Service and one output folder."""
 
-    def __init__(self, service: Service, store: OutputStore, *, poll_seconds: float = POLL_SECONDS):
+    def __init__(self, service: Service, store: OutputStore, *, poll_seconds: float = POLL_SECONDS,
+                 may_raise_limits: bool = True):  # fmt: skip
         self.service = service
         self.store = store
+        self.may_raise_limits = may_raise_limits  # see frontends.ui.make_handlers
         self.poll_seconds = poll_seconds
         self._batch_stop = threading.Event()  # set by Interrupt: a running batch starts no further file
         # extensions disabled when the server started were never imported: enabling them needs a restart
@@ -318,7 +320,7 @@ class UiHandlers:
         if not changed:
             return render.status_html("Nothing changed.")
         try:
-            self.service.update_settings(changed)
+            self.service.update_settings(changed, may_raise_limits=self.may_raise_limits)
         except UserError as e:
             return render.status_html(setting_message(e), "error")
         names = ", ".join(sorted(changed))

@@ -31,7 +31,17 @@ from pathlib import Path
 import bench_vs_diffusers as vs
 import numpy as np
 import torch
-from common import StageTimer, diffusers_scheduler, machine, parser, peak_rss_mb, psnr, require_ckpt, test_image, write_json
+from common import (
+    StageTimer,
+    diffusers_scheduler,
+    machine,
+    parser,
+    peak_rss_mb,
+    psnr,
+    require_ckpt,
+    test_image,
+    write_json,
+)
 from PIL import Image
 
 from modules.core.hooks import Hooks

@@ -65,6 +65,7 @@ def slope_per_100(xs: list[int], ys: list[float]) -> float:
 
 def run(iterations: int, switch_every: int, size: int, steps: int, report_every: int) -> dict:
     import httpx
+
     from tests.helpers.ldm_layout import write_checkpoint
     from tests.helpers.server import populate, running_server
 

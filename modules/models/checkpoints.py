@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from modules.core.errors import CheckpointError, CheckpointNotFoundError
 from modules.core import memory
+from modules.core.errors import CheckpointError, CheckpointNotFoundError
 from modules.core.fileio import atomic_write_text
 from modules.models import ldm_config as model_config
 from modules.models import model_files

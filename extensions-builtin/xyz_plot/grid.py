@@ -26,11 +26,11 @@ def font_size(cell_w: int, cell_h: int) -> int:
 
 
 def wrap(text: str, fnt: ImageFont.FreeTypeFont, width: int) -> list[str]:
-    """Greedy word wrap to `width` pixels (a single over-long word stays on its own line)."""
+    """Greedy word wrap to `width` pixels; a word wider than that (a checkpoint title) is broken."""
     lines: list[str] = []
     for paragraph in text.split("\n"):
         line = ""
-        for word in paragraph.split(" "):
+        for word in (piece for w in paragraph.split(" ") for piece in _pieces(w, fnt, width)):
             candidate = f"{line} {word}".strip()
             if line and fnt.getlength(candidate) > width:
                 lines.append(line)
@@ -39,6 +39,27 @@ def wrap(text: str, fnt: ImageFont.FreeTypeFont, width: int) -> list[str]:
                 line = candidate
         lines.append(line)
     return lines
+
+
+def _pieces(word: str, fnt: ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """`word` cut into runs of characters that each fit `width` (at least one character per run)."""
+    pieces, run = [], ""
+    for ch in word:
+        if run and fnt.getlength(run + ch) > width:
+            pieces.append(run)
+            run = ""
+        run += ch
+    return pieces + [run] if run or not pieces else pieces
+
+
+def fitting_size(labels: list[str], width: int, height: int, size: int, smallest: int = 8) -> int:
+    """The font size, `size` at most, at which every label's wrapped lines fit in width x height."""
+    while size > smallest:
+        fnt = font(size)
+        if all(len(wrap(t, fnt, width - 2 * PAD)) * line_height(fnt) + 2 * PAD <= height for t in labels):
+            break
+        size -= 1
+    return size
 
 
 def line_height(fnt: ImageFont.FreeTypeFont) -> int:
@@ -74,12 +95,19 @@ def band_width(labels: list[str], cell_w: int, size: int) -> int:
     return int(min(max(widest + 2 * PAD, cell_w // 2), cell_w * 1.5))
 
 
+def layout(x_labels: list[str], y_labels: list[str], w: int, h: int) -> tuple[int, int, int]:
+    """(font size, top band height, left band width) for w x h cells: labels wrapped, and the font made
+    smaller until every column label fits in half a cell's height and every row label in a cell's."""
+    size = font_size(w, h)
+    left = band_width(y_labels, w, size)
+    size = min(fitting_size(x_labels, w, h // 2, size), fitting_size(y_labels, left or w, h, size))
+    return size, band_height(x_labels, w, size), left
+
+
 def draw_grid(cells: list[list[np.ndarray]], x_labels: list[str], y_labels: list[str]) -> np.ndarray:
     """cells[row][col] (equal sizes) with column labels above and row labels to the left."""
     h, w = cells[0][0].shape[:2]
-    size = font_size(w, h)
-    top = band_height(x_labels, w, size)
-    left = band_width(y_labels, w, size)
+    size, top, left = layout(x_labels, y_labels, w, h)
     rows, cols = len(cells), len(cells[0])
     out = np.full((top + rows * h, left + cols * w, 3), 255, np.uint8)
     for c, text in enumerate(x_labels if top else []):

@@ -166,9 +166,8 @@ def test_xyz_grid_over_checkpoints_and_strengths(tmp_path, models):
     assert len(r.images) == 1 + 6 and len(r.infotexts) == 7
     assert ctx.models.current.info.name == "a-depth.safetensors"  # restored after the plot
     grid_mod = importlib.import_module("sd_extension_builtin_xyz_plot.grid")
-    size = grid_mod.font_size(W, H)
-    top = grid_mod.band_height(["Denoising: 0.4", "Denoising: 0.7", "Denoising: 1.0"], W, size)
-    left = grid_mod.band_width(["Checkpoint name: a-depth", "Checkpoint name: b-depth"], W, size)
+    size, top, left = grid_mod.layout(["Denoising: 0.4", "Denoising: 0.7", "Denoising: 1.0"],
+                                      ["Checkpoint name: a-depth", "Checkpoint name: b-depth"], W, H)
     assert r.grid.shape == (top + 2 * H, left + 3 * W, 3)
     for c, value in enumerate(["0.4", "0.7", "1.0"]):
         label = grid_mod.render_label(f"Denoising: {value}", W, top, size)
@@ -215,3 +214,18 @@ def test_unknown_script(tmp_path, models):
     reg = ExtensionRegistry.load([BUILTIN_DIR])
     with pytest.raises(ValidationError, match="X/Y/Z plot"):
         process(req(script_name="Nope"), ctx_with(models, reg, tmp_path))
+
+
+def test_xyz_labels_fit_their_cells():
+    """Long labels (checkpoint titles) are broken and the font shrinks until they fit (A1111 fits them too)."""
+    ExtensionRegistry.load([BUILTIN_DIR])  # imports the built-in extensions as the app does
+    grid_mod = importlib.import_module("sd_extension_builtin_xyz_plot.grid")
+    title = "Checkpoint name: 512-depth-ema-finetuned-on-many-concept-renders.safetensors [0123456789]"
+    size, top, left = grid_mod.layout([title, "Denoising: 0.4"], [title], 128, 128)
+    fnt = grid_mod.font(size)
+    for width, height in ((128, top), (left, 128)):
+        lines = grid_mod.wrap(title, fnt, width - 2 * grid_mod.PAD)
+        assert "".join(lines).replace(" ", "") == title.replace(" ", "")  # nothing dropped
+        assert all(fnt.getlength(line) <= width - 2 * grid_mod.PAD for line in lines)  # nothing runs over
+        assert len(lines) * grid_mod.line_height(fnt) + 2 * grid_mod.PAD <= height
+    assert top <= 128 // 2 and size < grid_mod.font_size(128, 128)

@@ -152,7 +152,8 @@ AXES: dict[str, Axis] = {
         Axis("Clip skip", parse_ints, _override("CLIP_stop_at_last_layers")),
         Axis("Hires steps", parse_ints, _set("hr_second_pass_steps")),  # txt2img with hires. fix
         Axis("Hires upscaler", lambda items: items, _set("hr_upscaler")),  # names checked when the cell runs
-        Axis("VAE", lambda items: items, _override("sd_vae")),  # Automatic, None or a VAE file; checked per cell
+        Axis("VAE", lambda items: items, _override("sd_vae")),
+        Axis("Upscaler", lambda items: items, _override("upscaler_for_img2img")),  # img2img: init images enlarged  # Automatic, None or a VAE file; checked per cell
     ]
 }  # fmt: skip
 

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,26 +89,40 @@ def to_rgb(img: Image.Image, background: str = "#ffffff") -> Image.Image:
 # --- resize modes ---------------------------------------------------------------------------------
 
 
-def resize_image(mode: ResizeMode, img: Image.Image, width: int, height: int) -> Image.Image:
-    """A1111's resize modes: just resize, crop and resize (cover + centre crop), resize and fill (fit + edges)."""
+Enlarge = Callable[[Image.Image, float], Image.Image]  # (image, scale > 1) -> the image enlarged by an upscaler
+
+
+def resize_image(mode: ResizeMode, img: Image.Image, width: int, height: int,
+                 enlarge: Enlarge | None = None) -> Image.Image:  # fmt: skip
+    """A1111's resize modes: just resize, crop and resize (cover + centre crop), resize and fill (fit + edges).
+
+    With `enlarge` (A1111's "Upscaler for img2img"), an image made larger goes through it first and
+    Lanczos then gives the exact size; smaller ones and masks are resized with Lanczos alone."""
     if img.size == (width, height):
         return img
     if mode in (ResizeMode.JUST_RESIZE, ResizeMode.LATENT_UPSCALE):
-        return img.resize((width, height), LANCZOS)
+        return _resize(img, width, height, enlarge)
     ratio, src_ratio = width / height, img.width / img.height
     if mode == ResizeMode.CROP_AND_RESIZE:
         scale = width / img.width if ratio > src_ratio else height / img.height
         sw, sh = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-        resized = img.resize((sw, sh), LANCZOS)
+        resized = _resize(img, sw, sh, enlarge)
         left, top = (sw - width) // 2, (sh - height) // 2
         return resized.crop((left, top, left + width, top + height))
     # resize and fill: fit inside, then extend the edge pixels into the borders
     scale = width / img.width if ratio < src_ratio else height / img.height
     sw, sh = max(1, min(width, round(img.width * scale))), max(1, min(height, round(img.height * scale)))
-    arr = np.asarray(img.resize((sw, sh), LANCZOS))
+    arr = np.asarray(_resize(img, sw, sh, enlarge))
     top, left = (height - sh) // 2, (width - sw) // 2
     pad = ((top, height - sh - top), (left, width - sw - left)) + (((0, 0),) if arr.ndim == 3 else ())
     return Image.fromarray(np.pad(arr, pad, mode="edge"))
+
+
+def _resize(img: Image.Image, width: int, height: int, enlarge: Enlarge | None) -> Image.Image:
+    scale = max(width / img.width, height / img.height)
+    if enlarge is not None and scale > 1.0 and img.mode in ("RGB", "RGBA"):
+        img = enlarge(img, scale)
+    return img if img.size == (width, height) else img.resize((width, height), LANCZOS)
 
 
 # --- tensors --------------------------------------------------------------------------------------

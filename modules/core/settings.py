@@ -91,7 +91,8 @@ class Settings:
         8, "Tile overlap for upscaler models, in pixels (less: visible seams)", "Upscaling", minimum=0, maximum=48
     )
     upscaler_for_img2img: str = opt(
-        "None", "Upscaler for img2img (kept for A1111 clients; img2img resizes with Lanczos for now)", "Upscaling"
+        "None", "Upscaler for img2img: init images made larger go through it, then Lanczos (None: Lanczos alone)",
+        "Upscaling"
     )
     # optimizations (measured in BENCHMARKS.md)
     opt_channels_last: bool = opt(

@@ -16,9 +16,11 @@ from modules.generation import masking
 from modules.generation.job import JobInputs, PreparedImage
 
 
-def prepare_inputs(request: GenerationRequest, settings: Settings, *, depth_model: bool) -> JobInputs:
-    """Every init image prepared, and the user's depth map (for a depth model) fitted to each."""
-    prepared = [prepare_image(request, data, i, settings) for i, data in enumerate(request.init_images)]
+def prepare_inputs(request: GenerationRequest, settings: Settings, *, depth_model: bool,
+                   enlarge: images.Enlarge | None = None) -> JobInputs:  # fmt: skip
+    """Every init image prepared (`enlarge`: the img2img upscaler for images made larger), and the user's
+    depth map (for a depth model) fitted to each."""
+    prepared = [prepare_image(request, data, i, settings, enlarge) for i, data in enumerate(request.init_images)]
     user_depth = user_depth_map(request, settings) if request.depth_map is not None and depth_model else None
     for p in prepared:
         if user_depth is not None:
@@ -27,14 +29,15 @@ def prepare_inputs(request: GenerationRequest, settings: Settings, *, depth_mode
     return JobInputs(prepared, user_depth, label)
 
 
-def prepare_image(request: GenerationRequest, data: bytes, index: int, settings: Settings) -> PreparedImage:
+def prepare_image(request: GenerationRequest, data: bytes, index: int, settings: Settings,
+                  enlarge: images.Enlarge | None = None) -> PreparedImage:  # fmt: skip
     """Decode, then resize (or crop around the mask), blur the mask, fill masked content."""
     field = f"init_images[{index}]"
     img = images.decode_image(data, field, max_pixels=settings.max_input_pixels,
                               background=settings.img2img_background_color)  # fmt: skip
     w, h = request.width, request.height
     if request.mask is None:
-        work = images.resize_image(request.resize_mode, img, w, h)
+        work = images.resize_image(request.resize_mode, img, w, h, enlarge)
         source = latent_source(request, img)
         return PreparedImage(work, work, np.asarray(work), None, None, None, source)
 
@@ -50,7 +53,7 @@ def prepare_image(request: GenerationRequest, data: bytes, index: int, settings:
         work_mask = np.asarray(Image.fromarray(mask).crop((x1, y1, x2, y2)).resize((w, h), images.LANCZOS))
         prepared = PreparedImage(crop, crop, np.asarray(img), mask, work_mask, (x1, y1, x2 - x1, y2 - y1))
     else:
-        work = images.resize_image(request.resize_mode, img, w, h)
+        work = images.resize_image(request.resize_mode, img, w, h, enlarge)
         work_mask = np.asarray(images.resize_image(request.resize_mode, Image.fromarray(mask), w, h))
         overlay = np.clip(work_mask.astype(np.float32) * 2, 0, 255).astype(np.uint8)  # A1111's whole-picture overlay
         prepared = PreparedImage(work, work, np.asarray(work), overlay, work_mask, None, latent_source(request, img))

@@ -105,11 +105,27 @@ def start_job(request: GenerationRequest, ctx: ProcessingContext, settings: Sett
     )
     result.warnings.extend(samplers.resolve(request.sampler_name, request.scheduler, settings.default_sampler).warnings)
     request = networks.apply_styles(request, ctx, result.warnings)
-    inputs = prepare_inputs(request, settings, depth_model=model.is_depth)
+    inputs = prepare_inputs(request, settings, depth_model=model.is_depth, enlarge=img2img_upscaler(ctx, settings))
     job = Job(ctx, loaded, request, settings, spec, schedule, inputs, result)
     job.timed("networks", networks.prepare, job)  # LoRA, VAE, embeddings: before the text encoder runs
     job.text = job.timed("text", prompt_conditioning, job)
     return job
+
+
+def img2img_upscaler(ctx: ProcessingContext, settings: Settings) -> images.Enlarge | None:
+    """Settings -> Upscaling -> Upscaler for img2img (A1111's ``upscaler_for_img2img``): init images made
+    larger go through it; None (the default) or Lanczos keeps the plain Lanczos resize."""
+    name = settings.upscaler_for_img2img
+    if not name or name in ("None", "Lanczos") or ctx.upscalers is None:
+        return None
+    ctx.upscalers.get(name)  # an unknown name is refused before any work
+
+    def enlarge(img, scale: float):
+        return ctx.upscalers.upscale(img, name, size=(round(img.width * scale), round(img.height * scale)),
+                                     tile=settings.ESRGAN_tile, overlap=settings.ESRGAN_tile_overlap,
+                                     interrupted=lambda: ctx.control.interrupted)  # fmt: skip
+
+    return enlarge
 
 
 def prompt_conditioning(job: Job) -> PromptConditioning:

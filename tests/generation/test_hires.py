@@ -165,3 +165,34 @@ def test_xyz_hires_axes_set_the_second_pass(env):
     r = process(cell, ctx_for(env, "tiny-sd2"))
     parsed = infotext.parse(r.infotexts[0])
     assert parsed["Hires steps"] == "2" and parsed["Hires upscaler"] == "Lanczos"
+
+
+def test_the_img2img_upscaler_enlarges_init_images_and_is_an_xyz_axis(env):
+    """Settings -> Upscaler for img2img (A1111's upscaler_for_img2img): an init image made larger goes through it."""
+    import importlib
+    import io
+
+    from PIL import Image
+
+    from modules.app.extensions import BUILTIN_DIR, ExtensionRegistry
+    from modules.core.errors import UserError
+    from modules.generation.inputs import prepare_inputs
+    from modules.generation.processing import img2img_upscaler
+
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    request = GenerationRequest(prompt="a house", init_images=[png(small)], width=64, height=64, steps=3, seed=5,
+                                save_images=False)  # fmt: skip
+    ctx = ctx_for(env, "tiny-depth")
+    nearest = Settings().override({"upscaler_for_img2img": "Nearest"})
+    work = prepare_inputs(request, nearest, depth_model=True, enlarge=img2img_upscaler(ctx, nearest)).prepared[0].work
+    expected = Image.open(io.BytesIO(png(small))).convert("RGB").resize((64, 64), Image.Resampling.NEAREST)
+    assert np.array_equal(np.asarray(work), np.asarray(expected))
+    assert img2img_upscaler(ctx, Settings()) is None  # the default: Lanczos alone, as before
+    with pytest.raises(UserError):
+        img2img_upscaler(ctx, Settings().override({"upscaler_for_img2img": "no-such-model"}))
+    ExtensionRegistry.load([BUILTIN_DIR])
+    axes = importlib.import_module("sd_extension_builtin_xyz_plot.axes")
+    axis, values = axes.parse_axis("Upscaler", "None,Nearest", "x")
+    plain, enlarged = (process(axis.apply(request, v), ctx).images[0] for v in values)
+    assert not np.array_equal(plain, enlarged)  # the axis reaches the init image's resize

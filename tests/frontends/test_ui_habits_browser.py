@@ -137,6 +137,7 @@ def test_refresh_with_one_checkpoint_loads_it_and_icons_have_names(page, server,
     expect(refresh).to_have_attribute("title", tip)
     expect(refresh).to_have_attribute("aria-label", tip)
     expect(page.get_by_role("button", name=tip)).to_have_count(1)
+    expect(page.locator("#refresh_sd_vae")).to_have_attribute("aria-label", "Refresh the VAE list (rescan models/VAE)")
     # this machine has no emoji font: the icons read as words, not as empty boxes
     assert page.evaluate("document.body.classList.contains('sd-no-emoji')")
     expect(refresh).to_have_text("Refresh")

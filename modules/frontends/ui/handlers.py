@@ -147,7 +147,8 @@ class UiHandlers:
             return
         seconds = time.perf_counter() - started
         done = "Switched to" if in_memory else "Loaded"
-        yield gr.update(value=loaded.info.title), render.status_html(f"{done} {loaded.info.title} in {seconds:.1f}s")
+        # the choices too: a checkpoint listed before its first load gets its [hash] in the title now
+        yield self.checkpoint_dropdown(), render.status_html(f"{done} {loaded.info.title} in {seconds:.1f}s")
 
     # --- generation -----------------------------------------------------------------------------
     def scripts(self, *tabs: str) -> list[Any]:

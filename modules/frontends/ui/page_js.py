@@ -17,9 +17,16 @@ ICONS = {
     "⇅": ("Swap the two axes", "Swap"),
 }
 
+# buttons whose element id ends so get a name of their own (two 🔄 must not read the same to a screen reader)
+NAMED = [
+    ("refresh_sd_vae", "Refresh the VAE list (rescan models/VAE)"),
+    ("_styles_refresh", "Reload the styles (styles.csv)"),
+]
+
 _JS = """
 () => {
   const ICONS = __ICONS__;
+  const NAMED = __NAMED__;
   const THEME = "__THEME__";
   const url = new URL(window.location.href);
   if (!url.searchParams.has("__theme") && THEME !== "default") document.body.classList.toggle("dark", THEME === "dark");
@@ -38,7 +45,9 @@ _JS = """
       const known = ICONS[icon];
       if (!known || b.dataset.sdIconDone) return;
       b.dataset.sdIcon = icon; b.dataset.sdIconDone = "1";
-      b.title = known[0]; b.setAttribute("aria-label", known[0]);
+      const own = NAMED.find(([suffix]) => (b.id || "").endsWith(suffix));
+      const name = own ? own[1] : known[0];
+      b.title = name; b.setAttribute("aria-label", name);
       if (!emojiRenders) { b.textContent = known[1]; b.classList.add("sd-icon-text"); }
     });
   };
@@ -50,4 +59,5 @@ _JS = """
 
 def page_js(theme: str = "default") -> str:
     """The ``js`` for ``gr.mount_gradio_app``: runs once when the page has loaded."""
-    return _JS.replace("__ICONS__", json.dumps(ICONS, ensure_ascii=False)).replace("__THEME__", theme)
+    js = _JS.replace("__ICONS__", json.dumps(ICONS, ensure_ascii=False)).replace("__NAMED__", json.dumps(NAMED))
+    return js.replace("__THEME__", theme)

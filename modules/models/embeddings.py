@@ -88,7 +88,7 @@ def _read_object(path: Path, allow_unsafe: bool) -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path.name} is empty (0 bytes)")
     with torch.serialization.safe_globals([nn.ParameterDict]):
-        return safe_load._read_pickle(path, allow_unsafe=allow_unsafe)
+        return safe_load.read_object(path, allow_unsafe=allow_unsafe)
 
 
 def _vectors(data: Any, name: str) -> torch.Tensor:

@@ -97,6 +97,16 @@ def read_state_dict(path: str | Path, *, allow_unsafe: bool = False, mmap: bool 
     return flat if cast is None else {k: _cast(k, t, cast) for k, t in flat.items()}
 
 
+def read_object(path: str | Path, *, allow_unsafe: bool = False) -> object:
+    """What a model file holds, nested dicts kept (upscaler and embedding files wrap their tensors:
+    ``params_ema``, ``string_to_param``): a ``.safetensors`` file's tensors, or a pickle's object through
+    the allow-list unpickler.  Read into memory, never mapped."""
+    path = Path(path)
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        return _read_safetensors(path, mmap=False)
+    return _read_pickle(path, allow_unsafe=allow_unsafe)
+
+
 def _cast(key: str, tensor: torch.Tensor, cast: Callable[[str], torch.dtype | None]) -> torch.Tensor:
     dtype = cast(key)
     return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor

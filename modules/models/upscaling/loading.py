@@ -98,10 +98,7 @@ def read_weights(path: Path, *, allow_unsafe: bool = False) -> StateDict:
         raise CheckpointError(f"upscaler model file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path.name} is empty (0 bytes); the download or copy did not finish")
-    if suffix == safe_load.SAFETENSORS_SUFFIX:
-        raw = safe_load._read_safetensors(path)
-    else:  # the allow-list unpickler; raises UnsafeCheckpointError for code-running pickles
-        raw = safe_load._read_pickle(path, allow_unsafe=allow_unsafe)
+    raw = safe_load.read_object(path, allow_unsafe=allow_unsafe)  # UnsafeCheckpointError for code-running pickles
     return _unwrap(raw, path.name)
 
 

@@ -436,7 +436,14 @@ def test_filename_patterns_cannot_leave_the_output_folder(client, data_dir):
         "samples_filename_pattern": "../../../[seed]",
         "directories_filename_pattern": "../../..",
     }
+    # separators in a pattern are refused, naming the setting (issue 18: not silently turned into _)
     r = client.post("/img2img", json=body(save_images=True, seed=77, override_settings=overrides))
+    assert r.status_code == 422 and "samples_filename_pattern" in r.json()["detail"], r.text
+    only_dirs = {**overrides, "samples_filename_pattern": "[seed]"}
+    r = client.post("/img2img", json=body(save_images=True, seed=77, override_settings=only_dirs))
+    assert r.status_code == 422 and "directories_filename_pattern" in r.json()["detail"], r.text
+    fine = {**overrides, "samples_filename_pattern": "[seed]-x", "directories_filename_pattern": "[date]"}
+    r = client.post("/img2img", json=body(save_images=True, seed=77, override_settings=fine))
     assert r.status_code == 200, r.text
     saved = [p for p in (data_dir / "outputs" / "patterns").rglob("*.png")]
     assert saved and all(p.resolve().is_relative_to((data_dir / "outputs" / "patterns").resolve()) for p in saved)

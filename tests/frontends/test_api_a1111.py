@@ -170,7 +170,8 @@ def test_a1111_config_json_is_read(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"samples_format": "jpg", "send_seed": False, "sd_vae": "a.pt", "bogus": 1}))
     s = Settings.load(path)
-    assert s.samples_format == "jpg" and s.a1111_options == {"send_seed": False, "sd_vae": "a.pt"}
+    assert s.samples_format == "jpg" and s.a1111_options == {"send_seed": False}
+    assert s.sd_vae == "a.pt"  # a real setting now (issue 17): ours win over the stored A1111 names
 
 
 # --- X/Y/Z plot by position ------------------------------------------------------------------------

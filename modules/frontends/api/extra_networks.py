@@ -10,19 +10,17 @@ from modules.app.service import Service
 
 
 def add_routes(router: APIRouter, service: Service) -> None:
-    extra = service.extra_networks
-
     def refresh_loras() -> None:
         """Rescan models/Lora (and --lora-dir)."""
-        extra.refresh_loras()
+        service.extra_networks.refresh_loras()
 
     def refresh_vae() -> None:
         """Rescan models/VAE (and --vae-dir, and *.vae.* files beside the checkpoints)."""
-        extra.refresh_vae()
+        service.extra_networks.refresh_vae()
 
     def refresh_embeddings() -> None:
         """Read the embeddings folder again for the current model."""
-        extra.refresh_embeddings()
+        service.extra_networks.refresh_embeddings()
 
     for path, fn in (("/refresh-loras", refresh_loras), ("/refresh-vae", refresh_vae),
                      ("/refresh-embeddings", refresh_embeddings)):  # fmt: skip

@@ -88,12 +88,20 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     """FastAPI's 422 for a malformed body in the documented shape: ``detail`` (text naming the first fields),
     ``error``, and FastAPI's list as ``errors`` (at most 20, values cut), so any value quoted can be sent back."""
     errors = exc.errors()
-    shown = [f"{'.'.join(map(str, e.get('loc', ())))[:200]}: {str(e.get('msg', ''))[:200]}" for e in errors[:3]]
+    shown = [f"{'.'.join(map(str, e.get('loc', ())))[:200]}: {str(e.get('msg', ''))[:200]}{_got(e)}" for e in errors[:3]]
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     listed = [{k: v for k, v in e.items() if k != "input"} | {"input": _cut(e.get("input"))} for e in errors[:20]]
     body = {"detail": "; ".join(shown) + more, "error": "RequestValidationError",
             "errors": _json_safe(jsonable_encoder(listed))}  # fmt: skip
     return ApiJSONResponse(body, status_code=422)
+
+
+def _got(error: dict) -> str:
+    """`` (got inf)``: the offending value when it is a short scalar (NaN, an infinity, a number, a short text)."""
+    value = error.get("input")
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 40):
+        return f" (got {value!r})"
+    return ""
 
 
 def _cut(value: Any) -> Any:

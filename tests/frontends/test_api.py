@@ -110,6 +110,8 @@ def _sample_value(name: str, tp, default):
     base = args[0] if origin is not None and args and origin not in (list, dict) else tp
     if typing.get_origin(base) is dict or base is dict:
         return {"k": {"v": 1}}, {"k": {"v": 1}}
+    if typing.get_origin(base) is list and typing.get_args(base) == (str,):  # styles
+        return ["a style"], ["a style"]
     if base is bool:
         return (not default), (not default)
     if base is int:
@@ -417,10 +419,10 @@ def test_override_settings_errors_and_unknown_keys(client):
     assert_error(client.post("/img2img", json=body(override_settings={"sd_model_checkpoint": "nope"})), 404, "nope")
     assert_error(client.post("/img2img", json=body(override_settings={"CLIP_stop_at_last_layers": 99})), 422,
                  "override_settings.CLIP_stop_at_last_layers")  # fmt: skip
-    r = client.post("/img2img", json=body(override_settings={"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 2}))
+    r = client.post("/img2img", json=body(override_settings={"eta_noise_seed_delta": 31337, "CLIP_stop_at_last_layers": 2}))
     assert r.status_code == 200, r.text
-    info = json.loads(r.json()["info"])
-    assert info["clip_skip"] == 2 and "sd_vae" in " ".join(info["warnings"])
+    info = json.loads(r.json()["info"])  # an A1111 option without an effect here (sd_vae is a real setting now)
+    assert info["clip_skip"] == 2 and "eta_noise_seed_delta" in " ".join(info["warnings"])
 
 
 def test_unload_and_reload_checkpoint(client, server, titles):
@@ -545,7 +547,8 @@ def test_skip_moves_to_the_next_batch(server):
         assert c2.post("/skip").json() == {}
         thread.join(60)
     data = out["response"].json()
-    assert len(data["images"]) == 1 and json.loads(data["info"])["all_seeds"] == [12]
+    # A1111's Skip: the image being made is finished at the step it reached and kept, the next one runs
+    assert len(data["images"]) == 2 and json.loads(data["info"])["all_seeds"] == [11, 12]  # seed 11 (body()), +1
 
 
 # --- concurrency ---------------------------------------------------------------------------------

@@ -192,7 +192,11 @@ def test_8_clients_x_3_requests_and_the_ui_get_their_own_images(server, client, 
 
 
 def _hashes(client, titles) -> dict[str, str]:
-    return {name: title.split("[")[-1].rstrip("]") for name, title in titles.items()}
+    """Each checkpoint's short hash, from its file (a title lacks it until the checkpoint's first load)."""
+    import hashlib
+
+    files = {m["model_name"]: m["filename"] for m in client.get("/sd-models").json()}
+    return {name: hashlib.sha256(Path(files[name]).read_bytes()).hexdigest()[:10] for name in titles}
 
 
 def test_model_switch_mid_job_waits_for_the_job(server, client, titles):
@@ -220,7 +224,7 @@ def test_model_switch_mid_job_waits_for_the_job(server, client, titles):
     assert info["sd_model_hash"] == hashes["tiny-depth"] and len(info["infotexts"]) == 4
     assert all(f"Model hash: {hashes['tiny-depth']}" in text for text in info["infotexts"])
     options = client.get("/options").json()
-    assert options["sd_model_checkpoint"] == titles["tiny-sd2"]
+    assert options["sd_model_checkpoint"] == f"tiny-sd2.safetensors [{hashes['tiny-sd2']}]"  # hashed by its load
     assert (options["eta_ddim"], options["samples_format"]) == (0.25, "jpg"), "a concurrent settings change was lost"
     after = json.loads(client.post("/img2img", json=job()).json()["info"])
     assert after["sd_model_hash"] == hashes["tiny-sd2"]

@@ -112,14 +112,14 @@ def test_a_worker_killed_mid_batch_has_its_item_retried_and_every_output_written
     monkeypatch.setattr(batch_runner, "atomic_write_bytes", lambda p, b: writes.append(Path(p)) or real_write(p, b))
     killed: list[int] = []
 
-    def kill_worker_one() -> None:  # as soon as worker 1 runs an item, kill its process (SIGKILL)
+    def kill_worker_one() -> None:  # as soon as a worker runs an item, kill its process (SIGKILL)
         from modules.app.cluster import pool as pool_module
 
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
             for p in list(_live_pools(pool_module)):
-                for worker, _job in p._running_workers():
-                    if worker.index == 1:
+                for worker, _job in p._running_workers():  # the first seen (worker 1 or 2: load decides)
+                    if worker is not None:
                         pid = ray.get(worker.actor.pid.remote())
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
@@ -130,7 +130,7 @@ def test_a_worker_killed_mid_batch_has_its_item_retried_and_every_output_written
     threading.Thread(target=kill_worker_one, daemon=True).start()
     code = batch(data_dir, inp, tmp_path / "out", "--ray", "local", "--ray-workers", "2", steps=12)
     err = capsys.readouterr().err
-    assert killed, "worker 1 never ran an item"
+    assert killed, "no worker was ever seen running an item"
     assert code == 0, err
     assert "6 done" in err and "retried after a worker died" in err, err
     main_outputs = sorted(p.name for p in writes if not p.stem.endswith("-depth"))

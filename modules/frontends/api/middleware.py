@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import re
 import secrets
@@ -22,6 +21,7 @@ from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modules.frontends.auth_throttle import AuthThrottle
+from modules.frontends.http_guard import read_body, replay, send_error
 
 API_PREFIX = "/sdapi/"
 DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
@@ -65,7 +65,7 @@ class ApiGuard:
         body = await self._read_body(scope, receive, timed_send)
         if body is None:
             return
-        await self.app(scope, _replay(body, receive), timed_send)
+        await self.app(scope, replay(body, receive), timed_send)
 
     async def _page_without_api_info(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The web UI's page with the embedded API description left out (uncompressed, to edit it)."""
@@ -107,7 +107,7 @@ class ApiGuard:
         client = scope["client"][0] if scope.get("client") else "unknown"
         wait = self.throttle.wait_seconds(client)
         if wait > 0:
-            await _json(send, 429, f"too many failed log-ins; try again in {math.ceil(wait)} s", "TooManyRequests",
+            await send_error(send, 429, f"too many failed log-ins; try again in {math.ceil(wait)} s", "TooManyRequests",
                         {"Retry-After": str(math.ceil(wait))})  # fmt: skip
             return False
         if self._authorized(scope):
@@ -115,7 +115,7 @@ class ApiGuard:
             return True
         if Headers(scope=scope).get("authorization"):  # a wrong password (no header at all is not a guess)
             self.throttle.failed(client, f"API log-in for {scope.get('path', '')[:100]}")
-        await _json(send, 401, "Incorrect or missing username and password (HTTP Basic auth)",
+        await send_error(send, 401, "Incorrect or missing username and password (HTTP Basic auth)",
                     "Unauthorized", {"WWW-Authenticate": 'Basic realm="sdapi"'})  # fmt: skip
         return False
 
@@ -138,49 +138,5 @@ class ApiGuard:
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None after answering 413 (too large) / when the client went away."""
-        limit = self.max_body_bytes
-        length = Headers(scope=scope).get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            await _too_large(send, limit, int(length))
-            return None
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                await _too_large(send, limit, None)
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        return await read_body(receive, send, Headers(scope=scope), self.max_body_bytes)
 
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive() that hands the buffered body to the app once, then passes on (disconnects)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _too_large(send: Send, limit: int, length: int | None) -> None:
-    size = f"{length / 2**20:.1f} MiB" if length is not None else "more than that"
-    await _json(send, 413, f"request body too large: {size}; the limit is {limit / 2**20:g} MiB (--max-body-mb)",
-                "RequestTooLarge", {"Connection": "close"})  # fmt: skip
-
-
-async def _json(send: Send, status: int, detail: str, error: str, headers: dict[str, str]) -> None:
-    body = json.dumps({"detail": detail, "error": error}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})

@@ -30,7 +30,7 @@ from modules.core.fileio import atomic_write_text
 from modules.models import ldm_config as model_config
 from modules.models import model_files
 from modules.models import safe_load as ckpt_io
-from modules.models.model_files import sha256_file
+from modules.models.model_files import FileStamp, sha256_file
 from modules.models.precision import PrecisionPlan, release_file_pages
 from modules.models.sd_model import StableDiffusionModel, build_model, looks_like_v_prediction
 
@@ -42,39 +42,6 @@ SHORTHASH_LEN = 10
 # timestamp tick (coarse clocks tick every 1-10 ms) cannot leave the stamp, and so the cached hash, unchanged.
 SETTLE_NS = 20_000_000
 HASH_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class FileStamp:
-    """What ``stat`` says about a file's identity and contents; any write or replacement changes it."""
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-    dev: int
-
-    @classmethod
-    def of(cls, path: str | Path) -> FileStamp:
-        st = os.stat(path)
-        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FileStamp | None:
-        """A stamp stored in the hash cache; None for an entry without all fields (an older cache: hash again)."""
-        try:
-            return cls(*(int(d[f.name]) for f in dataclasses.fields(cls)))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    def differences(self, other: FileStamp) -> str:
-        """What changed, for the log ('size 100 -> 50, inode')."""
-        out = []
-        for f in dataclasses.fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if a != b:
-                out.append(f"size {a} -> {b}" if f.name == "size" else f.name.replace("_ns", ""))
-        return ", ".join(out) or "nothing"
 
 
 @dataclass(frozen=True)

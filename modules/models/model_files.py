@@ -9,11 +9,13 @@ size stay the same.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -74,17 +76,55 @@ def scan(folders: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
     return found
 
 
+@dataclass(frozen=True)
+class FileStamp:
+    """What ``stat`` says about a file's identity and contents; any write or replacement changes it."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    dev: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> FileStamp:
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FileStamp | None:
+        """A stamp stored in the hash cache; None for an entry without all fields (an older cache: hash again)."""
+        try:
+            return cls(*(int(d[f.name]) for f in dataclasses.fields(cls)))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def differences(self, other: FileStamp) -> str:
+        """What changed, for the log ('size 100 -> 50, inode')."""
+        out = []
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if a != b:
+                out.append(f"size {a} -> {b}" if f.name == "size" else f.name.replace("_ns", ""))
+        return ", ".join(out) or "nothing"
+
+
+def identity(path: Path) -> tuple[str, FileStamp]:
+    """A model file's identity as far as the disk tells (path and stamp): what caches of its contents key on."""
+    return str(path), FileStamp.of(path)
+
+
 class FileDigests:
-    """A digest per file (sha256 by default), computed once while its path, mtime and size are the same."""
+    """A digest per file (sha256 by default), computed once while its path and FileStamp are the same (a
+    rewrite with the same size and mtime still changes the ctime: computed again)."""
 
     def __init__(self, digest: Callable[[Path], str] = sha256_file):
         self.digest = digest
         self._lock = threading.Lock()
-        self._items: dict[tuple[str, int, int], str] = {}
+        self._items: dict[tuple[str, FileStamp], str] = {}
 
     def get(self, path: Path) -> str:
-        st = Path(path).stat()
-        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+        key = (str(Path(path).resolve()), FileStamp.of(path))
         with self._lock:
             hit = self._items.get(key)
         if hit is None:

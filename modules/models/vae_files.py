@@ -28,6 +28,7 @@ from diffusers.loaders import single_file_utils as sfu
 
 from modules.core.errors import CheckpointError, UserError
 from modules.models import model_files, safe_load
+from modules.models.model_files import FileStamp
 from modules.models.networks.swap import ParamBackup, like
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ class VaeFile:
     path: Path
 
     @property
-    def stamp(self) -> tuple[str, int, int]:
-        st = self.path.stat()
-        return str(self.path), st.st_mtime_ns, st.st_size
+    def stamp(self) -> tuple[str, FileStamp]:
+        """Identity of the file's contents as far as the disk tells (size, mtime, ctime, inode)."""
+        return model_files.identity(self.path)
 
     @property
     def sha256(self) -> str:

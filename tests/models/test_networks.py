@@ -525,3 +525,19 @@ def test_listing_and_hashes_are_a1111s(model, lora_dir):
     applied = NetworkStack(registry).apply(model, [("Ink Style", 1.0, 1.0), ("plain", 0.0, 1.0)])
     assert lora_hashes(applied) == f"Ink Style: {addnet[:12]}, plain: {plain.shorthash}"
     assert math.isclose(applied[1].unet_multiplier, 1.0)
+
+
+def test_file_digests_see_a_rewrite_with_the_same_size_and_mtime(tmp_path):
+    """LoRA/VAE/embedding caches key on the whole FileStamp (ctime too), as checkpoints' hash cache does."""
+    import os
+
+    from modules.models.model_files import FileDigests, sha256_file
+
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"a" * 64)
+    digests = FileDigests()
+    first = digests.get(path)
+    st = path.stat()
+    path.write_bytes(b"b" * 64)  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime written back: only the ctime differs
+    assert digests.get(path) == sha256_file(path) != first

@@ -24,6 +24,7 @@ import torch
 
 from modules.core.errors import UserError
 from modules.models import model_files, safe_load
+from modules.models.model_files import FileStamp
 from modules.models.model_files import sha256_file as file_sha256
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,9 @@ class NetworkFile:
         return str(self.metadata.get("ss_output_name") or self.name)
 
     @property
-    def stamp(self) -> tuple[str, int, int]:
-        """Identity of the file's contents as far as the disk tells: path, mtime and size."""
-        st = self.path.stat()
-        return str(self.path), st.st_mtime_ns, st.st_size
+    def stamp(self) -> tuple[str, FileStamp]:
+        """Identity of the file's contents as far as the disk tells (size, mtime, ctime, inode)."""
+        return model_files.identity(self.path)
 
     @property
     def sha256(self) -> str:

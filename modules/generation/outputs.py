@@ -45,7 +45,7 @@ def collect(job: Job, idx: list[int], seeds: list[int], subseeds: list[int], img
 
 
 def precision_field(job: Job) -> dict[str, str]:
-    """``Precision: bf16 UNet`` when the model does not run in plain float32 (float32 infotext unchanged)."""
+    """``Precision: bf16`` (or ``bf16 UNet``) when the model does not run in plain float32 (float32 infotext unchanged)."""
     label = job.model.precision_label
     return {} if label == "fp32" else {"Precision": label}
 

@@ -288,11 +288,19 @@ def resolve_config(
     return model_config.load_config(path), f"detected {found.family}"
 
 
+_COMPONENT_PREFIXES = (("model.diffusion_model.", "unet"), ("cond_stage_model.", "text_encoder"),
+                       ("first_stage_model.", "vae"))  # fmt: skip
+
+
 def _cast_on_read(precision: PrecisionPlan | None):
-    """With a bfloat16 UNet plan the UNet's tensors become bfloat16 as they are read (never all in float32)."""
-    if precision is None or not precision.bf16_unet:
+    """The tensors of each part that a CPU plan gives bfloat16 weights (the UNet; the text encoder and VAE
+    where the plan says so) become bfloat16 as they are read, so that part is never all in float32."""
+    if precision is None:
         return None
-    return lambda key: torch.bfloat16 if key.startswith("model.diffusion_model.") else None
+    lower = tuple(prefix for prefix, part in _COMPONENT_PREFIXES if getattr(precision, part) == torch.bfloat16)
+    if not lower:
+        return None
+    return lambda key: torch.bfloat16 if key.startswith(lower) else None
 
 
 def load_model(
@@ -324,10 +332,11 @@ def load_model(
     if precision is not None and model.dtype != torch.float32 and model.device.type == "cpu":
         # With a mapped file (mmap=True) the converted UNet's float32 pages leave the resident set now (the
         # rest stays mapped); read into memory (the default), they are freed with `sd` below.
-        unet = [t for k, t in sd.items() if k.startswith("model.diffusion_model.") and t.dtype == torch.float32]
-        freed = release_file_pages(unet, checkpoint_path)
+        cast = _cast_on_read(precision)
+        converted = [t for k, t in sd.items() if cast is not None and cast(k) and t.dtype == torch.float32]
+        freed = release_file_pages(converted, checkpoint_path)
         if freed:
-            log.info("%s: %d MiB of float32 UNet pages released after the %s conversion", checkpoint_path.name,
+            log.info("%s: %d MiB of float32 pages released after the %s conversion", checkpoint_path.name,
                      freed >> 20, str(model.dtype).removeprefix("torch."))  # fmt: skip
     if source.startswith("detected") and config.family == "sd2":
         t1 = time.perf_counter()

@@ -87,7 +87,7 @@ class ModelManager:
 
     @property
     def precision_label(self) -> str:
-        """What the current model's weights are in ('bf16 UNet', 'fp32', 'fp16'), else what the plan gives."""
+        """What the current model's weights are in ('bf16', 'bf16 UNet', 'fp32', 'fp16'), else what the plan gives."""
         current = self._current
         if current is not None:
             return current.model.precision_label

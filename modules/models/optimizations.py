@@ -65,7 +65,7 @@ def apply(model: StableDiffusionModel, settings: Any) -> dict[str, Any]:
     if target["channels_last"] != current["channels_last"]:
         fmt = torch.channels_last if target["channels_last"] else torch.contiguous_format
         model.unet.to(memory_format=fmt)
-        model.vae.to(memory_format=fmt)
+        model.vae.to(memory_format=torch.channels_last if model.vae_channels_last else fmt)
         current["channels_last"] = target["channels_last"]
     convs = ("prepack_conv", "winograd_conv")
     if any(target[k] != current[k] for k in convs):

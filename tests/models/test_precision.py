@@ -1,6 +1,7 @@
 """CPU precision plans (modules.models.precision): the probe's decision and its overrides, bfloat16 UNet
 weights made once at load and kept through checkpoint switches, float32 (--precision full) exactly
-as before, the VAE and MiDaS in float32, and the bfloat16 UNet's output close to float32's."""
+as before, MiDaS in float32, the VAE in channels-last bfloat16 with its float32 fallback, and the
+bfloat16 outputs close to float32's."""
 
 from __future__ import annotations
 
@@ -83,9 +84,9 @@ def test_the_probes_decision_is_honoured_and_logged(result, unet, monkeypatch, c
     with caplog.at_level(logging.INFO, logger="modules.models.precision"):
         plan = precision.plan_for(CPU, measure_fn=lambda: result)
     assert plan.unet == unet and plan.probe is result
-    assert plan.vae == plan.depth == plan.text_encoder == torch.float32
+    assert plan.depth == torch.float32 and plan.vae == plan.text_encoder == unet
     assert "probe" in plan.reason and "matmul fp32" in caplog.text and plan.label in caplog.text
-    assert plan.label == ("bf16 UNet" if unet == torch.bfloat16 else "fp32")
+    assert plan.label == ("bf16" if unet == torch.bfloat16 else "fp32")
 
 
 def test_a_conv_that_does_not_pay_keeps_float32():
@@ -124,14 +125,39 @@ def test_labels():
 # --- the weights -----------------------------------------------------------------------------------------
 
 
-def test_bf16_plan_gives_a_bf16_unet_and_float32_vae_midas_text(depth_ckpt):
+def test_bf16_plan_gives_bf16_unet_text_vae_and_float32_midas(depth_ckpt):
     model = load_model(depth_ckpt.path, precision=bf16_plan())
-    assert all(p.dtype == torch.bfloat16 for p in model.unet.parameters())
-    for part in (model.vae, model.depth_model, model.text_encoder):
-        assert all(p.dtype == torch.float32 for p in part.parameters())
-    assert model.precision_label == "bf16 UNet" and model.dtype == torch.bfloat16
+    for part in (model.unet, model.text_encoder, model.vae):
+        assert all(p.dtype == torch.bfloat16 for p in part.parameters())
+    assert all(p.dtype == torch.float32 for p in model.depth_model.parameters())
+    assert model.precision_label == "bf16" and model.dtype == torch.bfloat16
     ctx = model.get_learned_conditioning(["a house"])
-    assert ctx.dtype == torch.float32
+    assert ctx.dtype == torch.float32  # the bf16 text encoder hands over float32
+
+
+def test_a_part_switched_back_to_float32_stays_float32(depth_ckpt, monkeypatch):
+    monkeypatch.setattr(precision, "VAE_BF16", False)
+    monkeypatch.setattr(precision, "TEXT_ENCODER_BF16", False)
+    model = load_model(depth_ckpt.path, precision=bf16_plan())
+    assert model.precision_label == "bf16 UNet" and not model.vae_channels_last
+    assert all(p.dtype == torch.float32 for part in (model.vae, model.text_encoder) for p in part.parameters())
+
+
+def test_the_bf16_vae_runs_channels_last_is_close_to_float32_and_falls_back_on_nan(depth_ckpt):
+    ref, model = load_model(depth_ckpt.path), load_model(depth_ckpt.path, precision=bf16_plan())
+    conv = next(m for m in model.vae.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert model.vae_channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for a, b in ((ref.encode_first_stage(x).mean, model.encode_first_stage(x).mean),
+                 (ref.decode_first_stage(torch.ones(1, 4, 8, 8)), model.decode_first_stage(torch.ones(1, 4, 8, 8)))):
+        assert b.dtype == torch.bfloat16 and float((b.float() - a).norm() / a.norm()) < 0.03
+    optimizations.apply(model, Settings().override({"opt_channels_last": True}))
+    optimizations.apply(model, Settings())  # channels-last off again: the bf16 VAE keeps its format
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    model.revert_vae_to_float32()  # what a NaN in the VAE does (auto_vae_precision)
+    assert not model.vae_channels_last and conv.weight.dtype == torch.float32 and conv.weight.is_contiguous()
+    a, b = ref.encode_first_stage(x).mean, model.encode_first_stage(x).mean
+    assert b.dtype == torch.float32 and float((b - a).norm() / a.norm()) < 0.03  # float32 on bf16-rounded weights
 
 
 def test_bf16_weights_are_made_once_and_survive_switches_back_and_forth(depth_ckpt, sd2_ckpt, tmp_path, monkeypatch):
@@ -142,28 +168,29 @@ def test_bf16_weights_are_made_once_and_survive_switches_back_and_forth(depth_ck
     first = mm.load("tiny-depth").model
     weight = first.unet.conv_in.weight
     ptr = weight.data_ptr()
-    assert weight.dtype == torch.bfloat16 and mm.precision_label == "bf16 UNet"
+    assert weight.dtype == torch.bfloat16 and mm.precision_label == "bf16"
     other = mm.load("tiny-sd2").model
-    assert other.precision_label == "bf16 UNet" and other.dtype == torch.bfloat16
+    assert other.precision_label == "bf16" and other.dtype == torch.bfloat16
     again = mm.load("tiny-depth").model
     mm.load("tiny-sd2")
     back = mm.load("tiny-depth").model
     assert again is first and back is first and len(loads) == 2  # loaded (and converted) once each
     assert first.unet.conv_in.weight is weight and weight.data_ptr() == ptr and weight.dtype == torch.bfloat16
-    assert mm.precision_info()["label"] == "bf16 UNet" and mm.precision_info()["unet"] == "bf16"
+    assert mm.precision_info()["label"] == "bf16" and mm.precision_info()["unet"] == "bf16"
 
 
 def test_a_reload_after_eviction_keeps_the_choice(depth_ckpt, sd2_ckpt, tmp_path):
     mm = _manager(tmp_path, depth_ckpt, sd2_ckpt, plan=bf16_plan(), keep=1)
     mm.load("tiny-depth")
     mm.load("tiny-sd2")
-    assert mm.load("tiny-depth").model.precision_label == "bf16 UNet"
+    assert mm.load("tiny-depth").model.precision_label == "bf16"
 
 
-def test_winograd_and_prepack_skip_bf16_unet_convs_but_keep_the_float32_vae(depth_ckpt, monkeypatch):
+def test_winograd_and_prepack_skip_bf16_unet_convs_but_keep_a_float32_vae(depth_ckpt, monkeypatch):
     from modules.models.optimizations import PackedConv, WinogradConv
 
     monkeypatch.setattr(WinogradConv, "MIN_CHANNELS", 1)  # the tiny model's convolutions qualify
+    monkeypatch.setattr(precision, "VAE_BF16", False)
     model = load_model(depth_ckpt.path, precision=bf16_plan())
     plain = unet_out(model)
     applied = optimizations.apply(model, Settings().override({"opt_prepack_conv": True}))
@@ -241,7 +268,7 @@ def test_the_infotext_records_bf16_and_float32_infotext_is_unchanged(depth_ckpt,
                                     save_images=False)  # fmt: skip
         return process(request, ProcessingContext(mm, Settings(), tmp_path, hooks=Hooks())).infotexts[0]
 
-    assert "Precision: bf16 UNet" in infotext(bf16_plan())
+    assert "Precision: bf16" in infotext(bf16_plan())
     assert "Precision" not in infotext(precision.plan_for(CPU, "full"))
 
 
@@ -255,8 +282,8 @@ def test_the_command_line_flag_reaches_the_model_and_cmd_flags(depth_ckpt, tmp_p
     with running_server(tmp_path, "--nowebui", "--cpu-bf16", "on") as srv:
         srv.app.service.select_checkpoint("tiny-depth")
         flags = httpx.get(srv.url + "/sdapi/v1/cmd-flags").json()
-        assert flags["cpu_bf16"] == "on" and flags["precision_in_use"] == "bf16 UNet"
-        assert srv.app.service.precision_info()["label"] == "bf16 UNet"
+        assert flags["cpu_bf16"] == "on" and flags["precision_in_use"] == "bf16"
+        assert srv.app.service.precision_info()["label"] == "bf16"
 
 
 def test_a_bf16_unet_is_cast_as_it_is_read_and_equals_the_float32_weights_rounded(depth_ckpt):
@@ -265,8 +292,11 @@ def test_a_bf16_unet_is_cast_as_it_is_read_and_equals_the_float32_weights_rounde
     cast = checkpoints._cast_on_read(bf16_plan())
     sd = safe_load.read_state_dict(depth_ckpt.path, cast=cast)
     full = safe_load.read_state_dict(depth_ckpt.path)
-    unet_keys = [k for k in full if k.startswith("model.diffusion_model.")]
-    assert unet_keys and all(sd[k].dtype == torch.bfloat16 for k in unet_keys)
-    assert all(torch.equal(sd[k], full[k].to(torch.bfloat16)) for k in unet_keys)
-    assert all(sd[k].dtype == full[k].dtype for k in full if k not in unet_keys)  # VAE, text, MiDaS as in the file
+    prefixes = ("model.diffusion_model.", "cond_stage_model.", "first_stage_model.")  # UNet, text encoder, VAE
+    cast_keys = [k for k in full if k.startswith(prefixes)]
+    assert {k.split(".")[0] for k in cast_keys} == {"model", "cond_stage_model", "first_stage_model"}
+    assert all(sd[k].dtype == torch.bfloat16 for k in cast_keys if full[k].is_floating_point())
+    assert all(torch.equal(sd[k], full[k].to(sd[k].dtype)) for k in cast_keys)
+    rest = [k for k in full if k not in cast_keys]
+    assert rest and all(sd[k].dtype == full[k].dtype for k in rest)  # MiDaS as in the file
     assert checkpoints._cast_on_read(precision.plan_for(CPU, "full")) is None

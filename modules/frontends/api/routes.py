@@ -319,7 +319,7 @@ class Api:
             if isinstance(value, list):
                 value = [str(v) if isinstance(v, Path) else v for v in value]
             out[key] = str(value) if isinstance(value, Path) else value
-        out["precision_in_use"] = self.service.precision_info()["label"]  # e.g. "bf16 UNet" on an AMX CPU
+        out["precision_in_use"] = self.service.precision_info()["label"]  # e.g. "bf16" on an AMX / AVX-512 BF16 CPU
         return out
 
     def samplers(self) -> list[dict[str, Any]]:

@@ -3,8 +3,9 @@ where bfloat16 is fast) vs ours in float32 (``--precision full``: today's path, 
 ``StableDiffusionDepth2ImgPipeline`` in float32 and in bfloat16, on the very same weights.
 
 The bfloat16 arms of ``bench_vs_diffusers.py``: each arm is a model of its own, loaded from the same
-memory-mapped file: "ours-bf16" with ``precision.plan_for(cpu)`` (bfloat16 UNet, float32 text
-encoder, VAE, MiDaS), "ours" with ``--precision full``, "diffusers" around the float32 modules as
+memory-mapped file: "ours-bf16" with ``precision.plan_for(cpu)`` (bfloat16 UNet, text encoder and
+VAE, float32 MiDaS; "ours-bf16+te" and "ours-bf16-unet" keep the VAE, or the VAE and text encoder,
+float32), "ours" with ``--precision full``, "diffusers" around the float32 modules as
 loaded (PyTorch's own convolutions), "diffusers-bf16" around modules all in bfloat16 (what
 ``torch_dtype=torch.bfloat16`` gives: UNet, VAE, text encoder and the depth estimator). Each run of
 an arm is its own process (after an untimed 2-step warm-up: page-in, oneDNN kernels), arms in ABBA
@@ -56,7 +57,13 @@ from modules.models.manager import ModelManager
 from modules.models.precision import PrecisionPlan
 
 ARMS = ("ours-bf16", "ours", "diffusers", "diffusers-bf16")
-COUNTERPART = {"ours-bf16": "ours", "diffusers-bf16": "diffusers"}  # the float32 image each is compared with
+# Plans tried beside the shipped one (UNet, text encoder and VAE in bfloat16): less of the model in bfloat16.
+EXTRA_PLANS = {
+    "ours-bf16+te": PrecisionPlan(torch.bfloat16, torch.bfloat16, torch.float32, torch.float32, "UNet + text encoder"),
+    "ours-bf16-unet": PrecisionPlan(torch.bfloat16, torch.float32, torch.float32, torch.float32, "UNet only"),
+}
+# the float32 image each is compared with
+COUNTERPART = {"ours-bf16": "ours", "diffusers-bf16": "diffusers", "ours-bf16+te": "ours", "ours-bf16-unet": "ours"}
 ALL_BF16 = PrecisionPlan(torch.bfloat16, torch.bfloat16, torch.bfloat16, torch.bfloat16, "diffusers torch_dtype")
 
 
@@ -104,7 +111,8 @@ class Arms:
 
     def manager(self, kind: str) -> ModelManager:
         if kind not in self.managers:
-            plan = precision.plan_for("cpu") if kind == "shipped" else precision.plan_for("cpu", "full")
+            plan = (EXTRA_PLANS[kind] if kind in EXTRA_PLANS else
+                    precision.plan_for("cpu") if kind == "shipped" else precision.plan_for("cpu", "full"))  # fmt: skip
             print(f"plan {kind}: {plan.label} ({plan.reason})", flush=True)
             registry = CheckpointRegistry([self.ckpt.parent], HashCache(None), hashing=False)
             registry.refresh()
@@ -118,7 +126,11 @@ class Arms:
             if self.bf16_modules is None:
                 self.bf16_modules = load_model(self.ckpt, precision=ALL_BF16)
             return self.bf16_modules
-        return self.manager("shipped" if arm == "ours-bf16" else "full").current.model
+        return self.manager(self.kind(arm)).current.model
+
+    @staticmethod
+    def kind(arm: str) -> str:
+        return arm if arm in EXTRA_PLANS else "shipped" if arm == "ours-bf16" else "full"
 
     def timer(self, model) -> StageTimer:
         if id(model) not in self.timers:
@@ -134,7 +146,7 @@ def run_arm(arms: Arms, arm: str, sampler: str, args, image_bytes: bytes, steps:
     timer = arms.timer(model)
     timer.reset()
     if arm.startswith("ours"):
-        mm = arms.manager("shipped" if arm == "ours-bf16" else "full")
+        mm = arms.manager(arms.kind(arm))
         settings = Settings()
         optimizations.apply(model, settings)  # as shipped: Winograd where float32
         ctx = ProcessingContext(mm, settings, arms.ckpt.parent, ConditioningCache(), DepthCache(), JobControl(), Hooks())

@@ -13,6 +13,8 @@ process (the heap one arm leaves behind is what the next arm starts from).
         [--arms ours,ours-direct,diffusers,...] [--samplers DDIM] [--fresh-process] [--device cuda]
 
 On a GPU (``--device cuda``) both run in float16 with SDPA attention, timers synchronised.
+The bfloat16 arms (``--arms ours-bf16,diffusers,diffusers-bf16,ours``: ours as shipped on a CPU with fast
+bfloat16, diffusers with ``torch_dtype=torch.bfloat16``) run through ``bench_bf16.py``, one process per arm.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def main() -> None:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     ckpt = require_ckpt(args)
+    if not args.child and BF16_ARMS & {a.strip() for a in args.arms.split(",")}:
+        return bf16_arms(args)
     if args.fresh_process:
         return fresh_processes(args)
     models = model_manager(ckpt, retain=ARMS[args.child][2] if args.child else True, device=args.device)
@@ -185,6 +189,22 @@ def main() -> None:
         report["samplers"][name] = entry
         print_entry(name, entry)
     write_json(args.json, report)
+
+
+# The bfloat16 arms (issue 21) need models of their own (bf16 weights cast as the file is read), so they run
+# in bench_bf16.py, one process per arm: `--arms ours-bf16,diffusers,diffusers-bf16[,ours]` goes there.
+BF16_ARMS = {"ours-bf16", "diffusers-bf16", "ours-bf16+te", "ours-bf16-unet"}
+
+
+def bf16_arms(args) -> None:
+    """Run the requested arms (float32 ones included) with bench_bf16.py: each its own process, same figures."""
+    from pathlib import Path
+
+    script = Path(__file__).with_name("bench_bf16.py")
+    cmd = [sys.executable, str(script), "--ckpt", str(args.ckpt), "--runs", str(args.runs), "--steps", str(args.steps),
+           "--strength", str(args.strength), "--size", str(args.size), "--samplers", args.samplers,
+           "--arms", args.arms] + (["--json", args.json] if args.json else [])  # fmt: skip
+    raise SystemExit(subprocess.call(cmd))
 
 
 def fresh_processes(args) -> None:

@@ -112,7 +112,7 @@ def wire_sends(targets: Targets, panels: list[TabControls], png: tabs.PngInfoTab
         out = panel.output
         for target, button in (("img2img", out.send_to_img2img), ("inpaint", out.send_to_inpaint)):
             button.click(from_output(target), inputs=[out.shown, out.selected], outputs=targets.outputs(target),
-                         queue=False)  # fmt: skip
+                         queue=False, js=out.pick_js)  # fmt: skip
     for target, button in png.send.items():
         button.click(from_png_info(target), inputs=[png.image, png.text], outputs=targets.outputs(target), queue=False)
 
@@ -128,7 +128,7 @@ def wire_send_to_extras(handlers: UiHandlers, top_tabs: gr.Tabs, extras_image: A
         tools = panel.output.tools
         if tools is not None and extras_image is not None:
             tools.send_to_extras.click(send, inputs=[panel.output.shown, panel.output.selected],
-                                       outputs=[top_tabs, extras_image], queue=False)  # fmt: skip
+                                       outputs=[top_tabs, extras_image], queue=False, js=panel.output.pick_js)  # fmt: skip
 
 
 def build_ui(handlers: UiHandlers) -> gr.Blocks:

@@ -20,6 +20,7 @@ from modules.core.request import INPAINT_AREA_LABELS, MASK_MODE_LABELS, MASKED_C
 from modules.core.settings import Settings
 from modules.frontends.ui import forms, render
 from modules.frontends.ui.gallery_tools import GalleryTools, build_gallery_tools
+from modules.frontends.ui.page_js import selected_index_js
 from modules.frontends.ui.safe_inputs import SafeImage
 from modules.frontends.ui.tokens import token_counter
 
@@ -55,10 +56,11 @@ class OutputPanel:
     info: gr.HTML
     progress: gr.HTML
     shown: gr.State  # ShownResult as a dict
-    selected: gr.State  # index of the selected gallery image
+    selected: gr.Number  # index of the selected gallery image (hidden; a click's js sets it from the page)
     send_to_img2img: gr.Button
     send_to_inpaint: gr.Button
     tools: GalleryTools | None = None  # Save, Zip, Open folder, Send to extras
+    pick_js: str = ""  # the ``js`` of a click that reads ``selected``: the index the gallery shows selected now
 
 
 @dataclass
@@ -246,8 +248,10 @@ def output_panel(tab: str) -> OutputPanel:
         to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{tab}_send_to_inpaint")
     tools = build_gallery_tools(tab)
     info = gr.HTML("", elem_id=f"{tab}_html_info")
-    shown, selected = gr.State(None), gr.State(0)
-    return OutputPanel(gallery, depth_image, info, progress, shown, selected, to_img2img, to_inpaint, tools)
+    shown = gr.State(None)
+    selected = gr.Number(0, precision=0, visible=False, elem_id=f"{tab}_selected_index")
+    return OutputPanel(gallery, depth_image, info, progress, shown, selected, to_img2img, to_inpaint, tools,
+                       selected_index_js(f"{tab}_gallery"))  # fmt: skip
 
 
 # --- extensions: sections and scripts ----------------------------------------------------------------

@@ -105,14 +105,16 @@ def build_gallery_tools(tab: str) -> GalleryTools:
     return GalleryTools(folder, save, zipped, extras, files, message)
 
 
-def wire_gallery_tools(service: Service, tab: str, tools: GalleryTools, shown: Any, selected: Any,
-                       store_folder: Path) -> None:  # fmt: skip
+def wire_gallery_tools(service: Service, tab: str, output: Any, store_folder: Path) -> None:
+    """``output``: the tab's OutputPanel (its tools, shown result, selected index and the js that reads it)."""
+    tools, shown, selected = output.tools, output.shown, output.selected
+
     def show_files(files: Any, text: str) -> tuple[Any, str]:
         return gr.update(value=files, visible=files is not None), text
 
     tools.open_folder.click(lambda: open_folder(service, tab), outputs=tools.message, queue=False)
     tools.save.click(lambda s, i: show_files(*save_selected(service, s, i)), inputs=[shown, selected],
-                     outputs=[tools.files, tools.message], queue=False)  # fmt: skip
+                     outputs=[tools.files, tools.message], queue=False, js=output.pick_js)  # fmt: skip
     tools.zip.click(lambda s: show_files(*zip_all(s, store_folder)), inputs=shown,
                     outputs=[tools.files, tools.message], queue=False)  # fmt: skip
 

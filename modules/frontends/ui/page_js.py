@@ -61,3 +61,23 @@ def page_js(theme: str = "default") -> str:
     """The ``js`` for ``gr.mount_gradio_app``: runs once when the page has loaded."""
     js = _JS.replace("__ICONS__", json.dumps(ICONS, ensure_ascii=False)).replace("__NAMED__", json.dumps(NAMED))
     return js.replace("__THEME__", theme)
+
+
+_SELECTED_INDEX_JS = """
+(...args) => {
+  const gallery = document.getElementById(__GALLERY__);
+  const lists = gallery ? [".thumbnail-small", ".thumbnail-lg"].map((k) => [...gallery.querySelectorAll(".thumbnail-item" + k)]) : [];
+  for (const thumbs of lists) {
+    const i = thumbs.findIndex((t) => t.classList.contains("selected"));
+    if (i >= 0) { args[args.length - 1] = i; break; }
+  }
+  return args;
+}
+"""
+
+
+def selected_index_js(gallery_id: str) -> str:
+    """The ``js`` of a click that reads the gallery's selected picture: its last input (the index the last select
+    event stored) becomes the index the gallery shows selected now. A select sent by a click or an arrow key may
+    still be on its way when the button is clicked; the page is what the user sees. Nothing selected: unchanged."""
+    return _SELECTED_INDEX_JS.replace("__GALLERY__", json.dumps(gallery_id))

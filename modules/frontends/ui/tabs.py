@@ -93,7 +93,7 @@ def wire_generation(handlers: UiHandlers, tab: TabControls, mode: gr.State) -> N
     for box, counter in zip((tab.prompt.prompt, tab.prompt.negative_prompt), tab.prompt.counters or (), strict=False):
         tokens.wire_token_counter(handlers.service, box, counter)
     if out.tools is not None:
-        wire_gallery_tools(handlers.service, tab.name, out.tools, out.shown, out.selected, handlers.store.folder)
+        wire_gallery_tools(handlers.service, tab.name, out, handlers.store.folder)
     tab.prompt.generate.click(run, inputs=[mode, *inputs.components], outputs=outputs,
                               concurrency_limit=1, concurrency_id="generate", show_progress="hidden")  # fmt: skip
     tab.prompt.interrupt.click(handlers.interrupt, queue=False)
@@ -103,11 +103,14 @@ def wire_generation(handlers: UiHandlers, tab: TabControls, mode: gr.State) -> N
         depth_image, info = handlers.select_image(shown, evt.index)
         return depth_image, info, evt.index
 
-    out.gallery.select(select, inputs=out.shown, outputs=[out.depth_image, out.info, out.selected], queue=False)
+    # "always_last": a select made while one is on its way (arrow keys through the lightbox) runs after it, not never
+    out.gallery.select(select, inputs=out.shown, outputs=[out.depth_image, out.info, out.selected], queue=False,
+                       trigger_mode="always_last")  # fmt: skip
     tab.seed.reuse_seed.click(lambda shown, i: handlers.last_seed(shown, i, "seeds"), inputs=[out.shown, out.selected],
-                              outputs=tab.fields["seed"], queue=False)  # fmt: skip
+                              outputs=tab.fields["seed"], queue=False, js=out.pick_js)  # fmt: skip
     tab.seed.reuse_subseed.click(lambda shown, i: handlers.last_seed(shown, i, "subseeds"),
-                                 inputs=[out.shown, out.selected], outputs=tab.fields["subseed"], queue=False)  # fmt: skip
+                                 inputs=[out.shown, out.selected], outputs=tab.fields["subseed"], queue=False,
+                                 js=out.pick_js)  # fmt: skip
 
 
 def extension_controls(handlers: UiHandlers, tab: str, tabs: tuple[str, ...]) -> tuple[list, controls.ScriptControls]:

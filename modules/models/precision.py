@@ -23,7 +23,8 @@ What runs in which dtype is a ``PrecisionPlan``; on a CPU where bfloat16 is fast
   to float32 at 20 Euler a steps 45.2 dB (UNet only) -> 43.5 (+ text encoder) -> 42.9 dB (+ VAE), max
   pixel difference 9 -> 9 -> 10, SSIM 0.9995 -> 0.9993 -> 0.9991 (diffusers in bfloat16: 42.0 dB, 12).
   ``TEXT_ENCODER_BF16`` / ``VAE_BF16`` switch a part back to float32.
-* MiDaS: float32 (it runs once per image; OpenCV and DPT's post-processing want float32).
+* MiDaS: float32 (it runs once per image). Measured in bfloat16 (BENCHMARKS.md 9d): 1.7x faster (0.6 s a
+  job) but the depth map moves 5 levels of 255 on average (max 29), far more than any other part: not as good.
 
 ``--precision full`` (``precision="full"``) or ``no_half`` keep float32 everywhere: today's exact
 path, Winograd convolutions included. For tests and for users, the environment variable

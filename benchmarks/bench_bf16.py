@@ -10,7 +10,9 @@ loaded (PyTorch's own convolutions), "diffusers-bf16" around modules all in bflo
 ``torch_dtype=torch.bfloat16`` gives: UNet, VAE, text encoder and the depth estimator). Each run of
 an arm is its own process (after an untimed 2-step warm-up: page-in, oneDNN kernels), arms in ABBA
 order, so that each arm's peak resident memory is its own and the four models never share 24 GB
-(in one process they took 18 GB and the page cache thrashed); per-stage times; how far each
+(in one process they took 18 GB and the page cache thrashed); our arms' processes set the allocator
+as the web UI does (``memory.retain_freed_memory``), diffusers' keep glibc's defaults as a plain
+diffusers script does (as ``bench_vs_diffusers.py``); per-stage times; how far each
 bfloat16 image is from its float32 counterpart (PSNR, max pixel difference, SSIM).
 
     python benchmarks/bench_bf16.py --ckpt /big/sd2depth_rand1234.safetensors [--runs 1] \\
@@ -45,6 +47,7 @@ from common import (
 )
 from PIL import Image
 
+from modules.core import memory
 from modules.core.hooks import Hooks
 from modules.core.progress import JobControl
 from modules.core.request import GenerationRequest
@@ -155,6 +158,9 @@ def run_arm(arms: Arms, arm: str, sampler: str, args, image_bytes: bytes, steps:
                                 sampler_name=sampler, seed=1234, save_images=False)  # fmt: skip
         t0 = time.perf_counter()
         img = process(req, ctx).images[0]
+        seconds = time.perf_counter() - t0
+        memory.release_freed_memory()  # as the web UI's worker does after every job (the warm-up's too)
+        return seconds, img, timer.summary()
     else:
         optimizations.apply(model, Settings().override(vs.PLAIN))  # diffusers' own modules as loaded
         sched = diffusers_scheduler(sampler, model.betas_f64)
@@ -209,6 +215,8 @@ def main() -> None:
     names = [s.strip() for s in args.samplers.split(",")]
     image_bytes = test_image(args.size, args.size)
     if args.child:  # one timed run of one arm in this fresh process
+        if args.child.startswith("ours"):
+            memory.retain_freed_memory()  # as the web UI sets its process up; diffusers arms keep glibc's defaults
         arms = Arms(ckpt)
         if args.text_encoder:
             print(json.dumps({"text_encoder": text_encoder_check(arms)}))

@@ -336,6 +336,20 @@ def test_png_info_handler(handlers, tmp_path):
 # --- the page ----------------------------------------------------------------------------------------
 
 
+def test_every_select_runs_the_users_last_choice(handlers):
+    """A tab, dropdown or gallery pick made while the previous pick's event is still on its way runs after it:
+    Gradio's default for select ("once") drops it, and the page then shows one choice while the server holds
+    another (the lightbox's arrow keys sent the wrong picture to Extras; tests/frontends/test_ui_habits_browser)."""
+    demo = build_ui(handlers)
+    selects = [fn for fn in demo.fns.values() if any(event == "select" for _, event in fn.targets)]
+    assert len(selects) >= 8  # checkpoint, VAE, galleries, img2img/inpaint tabs, size tabs, Extras tabs
+    dropping = [(fn.name, [demo.blocks[i].elem_id for i, _ in fn.targets if i in demo.blocks]) for fn in selects
+                if fn.trigger_mode != "always_last"]  # fmt: skip
+    assert dropping == []
+    picks = [fn for fn in demo.fns.values() if fn.js and "thumbnail-item" in fn.js]
+    assert len(picks) >= 2 * 5  # per gallery: Save, Send to img2img / inpaint / extras, Reuse seed (and subseed)
+
+
 def test_blocks_have_a1111_labels_ranges_and_defaults(handlers):
     demo = build_ui(handlers)
     by_label: dict[str, list] = {}

@@ -44,8 +44,10 @@ def build_top_bar(handlers: UiHandlers) -> TopBar:
         extra_networks.vae_dropdown(handlers.service)  # SD VAE beside the checkpoint (A1111's quicksettings)
         status_html = gr.HTML(status, elem_id="checkpoint_status")
     notice_html = gr.HTML(notice["value"], visible=notice["visible"], elem_id="no_checkpoint_notice")
+    # a pick made while one loads is loaded after it (Gradio's default for select drops it)
     checkpoint.select(handlers.select_checkpoint, inputs=checkpoint, outputs=[checkpoint, status_html],
-                     concurrency_limit=1, concurrency_id="checkpoint", show_progress="hidden")  # fmt: skip
+                      concurrency_limit=1, concurrency_id="checkpoint", show_progress="hidden",
+                      trigger_mode="always_last")  # fmt: skip
     refresh.click(handlers.refresh_checkpoints, outputs=[checkpoint, status_html, notice_html],
                   concurrency_limit=1, concurrency_id="checkpoint", show_progress="hidden")  # fmt: skip
     return TopBar(checkpoint, refresh, status_html, notice_html)

@@ -41,7 +41,7 @@ def vae_dropdown(service: Service) -> gr.Dropdown:
         extra.refresh_vae()
         return gr.update(choices=extra.vae_choices(), value=service.settings.sd_vae)
 
-    dropdown.select(choose, inputs=dropdown, outputs=dropdown, show_progress="hidden")
+    dropdown.select(choose, inputs=dropdown, outputs=dropdown, show_progress="hidden", trigger_mode="always_last")
     refresh.click(rescan, outputs=dropdown, show_progress="hidden")
     return dropdown
 

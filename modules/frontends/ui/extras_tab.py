@@ -67,7 +67,7 @@ def build_extras_tab(service: Service) -> Any:
                     folder = gr.Textbox(label="Input directory", placeholder="a folder on the server",
                                         elem_id="extras_batch_input_dir")  # fmt: skip
             for tab, name in ((t_single, MODES[0]), (t_batch, MODES[1]), (t_dir, MODES[2])):
-                tab.select(lambda n=name: n, outputs=[mode])
+                tab.select(lambda n=name: n, outputs=[mode], trigger_mode="always_last")
             resize_mode = gr.Radio(["Scale by", "Scale to"], value="Scale by", type="index", label="Resize mode",
                                    elem_id="extras_resize_mode")  # fmt: skip
             by = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize")

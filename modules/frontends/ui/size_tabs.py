@@ -61,8 +61,8 @@ def size_controls(tab: str) -> dict[str, Any]:
         with gr.Column(scale=2, min_width=200):
             n_iter = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
             batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
-    t_to.select(lambda: forms.RESIZE_TO, outputs=resize_tab, queue=False)
-    t_by.select(lambda: forms.RESIZE_BY, outputs=resize_tab, queue=False)
+    t_to.select(lambda: forms.RESIZE_TO, outputs=resize_tab, queue=False, trigger_mode="always_last")
+    t_by.select(lambda: forms.RESIZE_BY, outputs=resize_tab, queue=False, trigger_mode="always_last")
     return {"width": width, "height": height, "n_iter": n_iter, "batch_size": batch_size, "resize_tab": resize_tab,
             "resize_scale": scale, "_detect_size": detect, "_scale_info": scale_info}  # fmt: skip
 

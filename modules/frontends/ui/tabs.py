@@ -248,7 +248,8 @@ def build_img2img_tab(handlers: UiHandlers) -> TabControls:
             output = controls.output_panel("img2img")
     switch_outputs = [mode, inpaint_group, scripts.dropdown, *[s.accordion for s in sections]]
     for name, tab in sub_tabs.items():
-        tab.select(_mode_switch(name, scripts, sections), inputs=scripts.dropdown, outputs=switch_outputs, queue=False)
+        tab.select(_mode_switch(name, scripts, sections), inputs=scripts.dropdown, outputs=switch_outputs, queue=False,
+                   trigger_mode="always_last")  # fmt: skip
     all_fields = {"prompt": row.prompt, "negative_prompt": row.negative_prompt, **fields, **inpaint_fields,
                   **params, **depth.fields, **tools.fields}  # fmt: skip
     size_tabs.wire_size_controls(all_fields, mode)

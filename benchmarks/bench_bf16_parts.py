@@ -100,7 +100,7 @@ def midas_part(model, x: torch.Tensor, repeat: int) -> dict:
     return out
 
 
-def boundary(repeat: int, ckpt) -> dict[str, list[float]]:
+def boundary(repeat: int, ckpt) -> dict:
     """Our model boundary (``apply_model``: float32 latents and depth in, the cast, the concatenation, float32
     out) against the bare bfloat16 UNet call on the same inputs, alternated ABBA in one process: what the
     wrapper costs per call, and whether it gives the very same output."""
@@ -122,7 +122,8 @@ def boundary(repeat: int, ckpt) -> dict[str, list[float]]:
     same = torch.equal(outs["apply_model"], outs["bare UNet"])
     print(f"\n== Model boundary ({model.precision_label}, batch 2, 64x64 latent), ABBA, same output: {same}")
     for name, ts in times.items():
-        print(f"   {name:12s} min {min(ts):6.3f}s  mean {sum(ts) / len(ts):6.3f}s  ({', '.join(f'{v:.2f}' for v in ts)})")
+        runs = ", ".join(f"{v:.2f}" for v in ts)
+        print(f"   {name:12s} min {min(ts):6.3f}s  mean {sum(ts) / len(ts):6.3f}s  ({runs})")
     return times | {"same_output": same}
 
 
@@ -137,7 +138,9 @@ def main() -> None:
     print(f"CPU flags (bf16-related): {' '.join(flags)}", flush=True)
     print(f"probe: {precision.probe().summary()} -> fast={precision.probe().fast}", flush=True)
     parts = [s.strip() for s in args.parts.split(",")]
-    model = load_model(require_ckpt(args), precision=precision.plan_for("cpu", "full")) if {"vae", "unet", "depth"} & set(parts) else None
+    model = None  # the float32 model, for the parts that compare with it
+    if {"vae", "unet", "depth"} & set(parts):
+        model = load_model(require_ckpt(args), precision=precision.plan_for("cpu", "full"))
     report = {"machine": machine() | {"lscpu_flags_bf16": flags}, "probe": precision.probe().as_dict(), "parts": {}}
     h = args.size // 8
     gen = torch.Generator().manual_seed(0)

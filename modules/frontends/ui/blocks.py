@@ -129,8 +129,9 @@ def wire_send_to_extras(handlers: UiHandlers, top_tabs: gr.Tabs, extras_image: A
     for panel in panels:
         tools = panel.output.tools
         if tools is not None and extras_image is not None:
-            tools.send_to_extras.click(send, inputs=[panel.output.shown, panel.output.selected],
-                                       outputs=[top_tabs, extras_image], queue=False, js=panel.output.pick_js)  # fmt: skip
+            out = panel.output
+            tools.send_to_extras.click(send, inputs=[out.shown, out.selected], outputs=[top_tabs, extras_image],
+                                       queue=False, js=out.pick_js)  # fmt: skip
 
 
 def build_ui(handlers: UiHandlers) -> gr.Blocks:

@@ -66,7 +66,8 @@ def page_js(theme: str = "default") -> str:
 _SELECTED_INDEX_JS = """
 (...args) => {
   const gallery = document.getElementById(__GALLERY__);
-  const lists = gallery ? [".thumbnail-small", ".thumbnail-lg"].map((k) => [...gallery.querySelectorAll(".thumbnail-item" + k)]) : [];
+  const sizes = gallery ? [".thumbnail-small", ".thumbnail-lg"] : [];
+  const lists = sizes.map((size) => [...gallery.querySelectorAll(".thumbnail-item" + size)]);
   for (const thumbs of lists) {
     const i = thumbs.findIndex((t) => t.classList.contains("selected"));
     if (i >= 0) { args[args.length - 1] = i; break; }
